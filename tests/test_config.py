@@ -1,0 +1,77 @@
+"""Typed configs: YAML round trips, unknown keys rejected with key and file named, overrides."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unclip.config import (
+    ConfigError,
+    DecoderStageConfig,
+    Degradation,
+    Precision,
+    load_stage_config,
+    save_yaml,
+    to_dict,
+)
+
+CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*/*.yaml"))
+
+
+def test_every_scale_has_its_stage_files():
+    scales = {p.parent.name for p in CONFIGS}
+    assert scales == {"tiny", "shapes", "karlo", "paper"}
+    stems = {scale: {p.stem for p in CONFIGS if p.parent.name == scale} for scale in scales}
+    full = {"clip", "prior", "decoder", "upsampler_256", "upsampler_1024"}
+    assert stems["tiny"] == stems["shapes"] == stems["paper"] == full
+    assert stems["karlo"] == full - {"upsampler_1024"}  # Karlo has no 1024 stage
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_yaml_dataclass_yaml_round_trip(path, tmp_path):
+    cfg = load_stage_config(path)
+    out = tmp_path / "again.yaml"
+    save_yaml(cfg, out)
+    again = load_stage_config(out)
+    assert again == cfg
+    assert to_dict(again) == yaml.safe_load(out.read_text())
+
+
+def test_unknown_key_is_rejected_naming_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: decoder\ndecoder: {sample_size: 32, chanels: [8, 16]}\n")
+    with pytest.raises(ConfigError) as err:
+        load_stage_config(bad)
+    assert "chanels" in str(err.value) and str(bad) in str(err.value)
+
+
+def test_unknown_section_and_bad_stage(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: upsampler\nprior: {num_layers: 2}\n")
+    with pytest.raises(ConfigError, match="'prior'"):
+        load_stage_config(bad)
+    bad.write_text("stage: painter\n")
+    with pytest.raises(ConfigError, match="stage"):
+        load_stage_config(bad)
+
+
+def test_overrides_are_typed_like_file_keys():
+    path = Path(__file__).parents[1] / "configs/tiny/decoder.yaml"
+    cfg = load_stage_config(path, ["training.lr=0.5", "decoder.block_out_channels=[8, 16]",
+                                   "training.mixed_precision=bf16", "training.steps=7"])
+    assert isinstance(cfg, DecoderStageConfig)
+    assert cfg.training.lr == 0.5 and cfg.training.steps == 7
+    assert cfg.decoder.block_out_channels == (8, 16)
+    assert cfg.training.mixed_precision is Precision.bf16
+    with pytest.raises(ConfigError, match="training.steps"):
+        load_stage_config(path, ["training.steps=many"])
+    with pytest.raises(ConfigError, match="unknown key 'stpes'"):
+        load_stage_config(path, ["training.stpes=3"])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_stage_config(path, ["training.steps"])
+
+
+def test_enums_parse_from_values():
+    cfg = load_stage_config(Path(__file__).parents[1] / "configs/tiny/upsampler_1024.yaml")
+    assert cfg.upsampler.degradation is Degradation.bsr
+    assert cfg.diffusion.beta_schedule.value == "linear"

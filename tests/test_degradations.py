@@ -1,0 +1,106 @@
+"""Degradations of the upsamplers' conditioning: blur, BSR chain, aligned training crops."""
+
+import math
+
+import pytest
+import torch
+
+from unclip.config import Degradation
+from unclip.degradations import bsr_degrade, gaussian_blur, upsample_condition, upsampler_pair
+
+
+def smooth_image(size: int, batch: int = 2) -> torch.Tensor:
+    """Low-frequency colour ramps in [-1, 1]: survive downsampling almost unchanged."""
+    r = torch.linspace(0, 1, size)
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    img = torch.stack([torch.sin(math.pi * xx), torch.cos(math.pi * yy), xx * yy * 2 - 1])
+    return torch.stack([img * (0.9 - 0.2 * b) for b in range(batch)])
+
+
+def textured_image(size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).clamp(-1, 1)
+
+
+def test_blur_of_a_delta_is_the_normalised_gaussian():
+    x = torch.zeros(3, 9, 9)
+    x[:, 4, 4] = 1.0
+    w = math.exp(-0.5 * (1 / 0.6) ** 2)  # weight one pixel away from the centre
+    row = torch.tensor([w, 1.0, w])
+    reference = torch.outer(row, row) / row.sum() ** 2
+
+    out = gaussian_blur(x, kernel_size=3, sigma=0.6)
+
+    assert out.shape == x.shape
+    torch.testing.assert_close(out[:, 3:6, 3:6], reference.expand(3, 3, 3).float())
+    assert out[:, :3].abs().max() == 0 and out[:, 6:].abs().max() == 0
+    torch.testing.assert_close(out.sum(dim=(1, 2)), torch.ones(3))  # mass preserved
+
+
+def test_blur_batched_matches_single():
+    x = textured_image(16, batch=3)
+    torch.testing.assert_close(gaussian_blur(x)[1], gaussian_blur(x[1]))
+
+
+def test_bsr_keeps_shape_and_range_and_changes_the_image():
+    x = textured_image(32, batch=3)
+    out = bsr_degrade(x, generator=torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert out.min() >= -1 and out.max() <= 1
+    assert (out - x).abs().mean() > 0.05
+    single = bsr_degrade(x[0], generator=torch.Generator().manual_seed(1))
+    assert single.shape == x[0].shape
+
+
+def test_bsr_is_deterministic_given_a_generator_and_varies_with_the_seed():
+    x = textured_image(32)
+    a = bsr_degrade(x, generator=torch.Generator().manual_seed(7))
+    b = bsr_degrade(x, generator=torch.Generator().manual_seed(7))
+    c = bsr_degrade(x, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+
+
+def test_upsample_condition_size_and_clamp():
+    low = textured_image(8) * 1.0
+    up = upsample_condition(low, 32)
+    assert up.shape == (2, 3, 32, 32)
+    assert up.min() >= -1 and up.max() <= 1
+    # bicubic of a ±1 checkerboard overshoots; the clamp must hold it
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1
+    assert upsample_condition(checker.expand(3, 8, 8), 32).abs().max() <= 1
+
+
+@pytest.mark.parametrize("degradation", [None, Degradation.blur, Degradation.bsr])
+def test_upsampler_pair_sizes(degradation):
+    hr = textured_image(64, batch=3)
+    hr_crop, cond_crop = upsampler_pair(hr, 16, degradation, 16, generator=torch.Generator().manual_seed(0))
+    assert hr_crop.shape == cond_crop.shape == (3, 3, 16, 16)
+    assert cond_crop.min() >= -1 and cond_crop.max() <= 1
+
+
+@pytest.mark.parametrize("degradation", [None, Degradation.blur])
+def test_upsampler_pair_crops_are_aligned(degradation):
+    hr = smooth_image(64, batch=4)
+    g = torch.Generator().manual_seed(3)
+    hr_crop, cond_crop = upsampler_pair(hr, 32, degradation, 16, generator=g)
+    assert (hr_crop - cond_crop).abs().mean() < 0.02
+    # a crop misaligned by 4 pixels is detectably worse, so the check above has teeth
+    shifted = torch.roll(cond_crop, shifts=4, dims=-1)
+    assert (hr_crop - shifted).abs().mean() > 0.05
+
+
+def test_upsampler_pair_crop_is_a_window_of_the_image():
+    hr = textured_image(32, batch=1)
+    hr_crop, _ = upsampler_pair(hr[0], 8, None, 8, generator=torch.Generator().manual_seed(5))
+    windows = hr[0].unfold(1, 8, 1).unfold(2, 8, 1)  # [3, 25, 25, 8, 8]
+    matches = (windows == hr_crop[:, None, None]).flatten(3).all(-1).all(0)
+    assert matches.sum() == 1
+
+
+def test_bsr_conditioning_differs_from_clean():
+    hr = textured_image(64, batch=2)
+    # crop = whole image, so both calls cut the same window whatever their random draws
+    _, clean = upsampler_pair(hr, 32, None, 64, generator=torch.Generator().manual_seed(0))
+    _, degraded = upsampler_pair(hr, 32, Degradation.bsr, 64, generator=torch.Generator().manual_seed(0))
+    assert (clean - degraded).abs().mean() > 0.02

@@ -1,0 +1,157 @@
+"""Diffusion math: noising, parameterisations, schedules, the VLB, guidance, deterministic DDIM."""
+
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UnCLIPScheduler
+
+from unclip.config import BetaSchedule, DiffusionConfig, Prediction, Variance, load_stage_config
+from unclip.diffusion import (
+    GaussianDiffusion,
+    Sampler,
+    discretized_gaussian_log_likelihood,
+    guided,
+    make_scheduler,
+    normal_kl,
+    sample_loop,
+)
+
+COSINE = DiffusionConfig(beta_schedule=BetaSchedule.cosine)
+LINEAR = DiffusionConfig(beta_schedule=BetaSchedule.linear)
+
+
+def cosine_betas(T=1000, s=0.008):
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    return torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(T)], dtype=torch.float64)
+
+
+def test_x0_eps_round_trip():
+    d = GaussianDiffusion(COSINE)
+    x0, eps = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 10, 500, 990])  # at t=999 ᾱ≈1e-8: float32 rounding of x_t dominates
+    x_t = d.q_sample(x0, t, eps)
+    assert torch.allclose(d.x0_from_eps(x_t, t, eps), x0, atol=1e-3)
+    assert torch.allclose(d.eps_from_x0(x_t, t, x0), eps, atol=1e-3)
+
+
+def test_q_sample_matches_alphas_cumprod_and_diffusers_add_noise():
+    d = GaussianDiffusion(COSINE)
+    x0, eps, t = torch.randn(3, 5), torch.randn(3, 5), torch.tensor([1, 250, 998])
+    a = d.alphas_cumprod[t].float()[:, None]
+    assert torch.allclose(d.q_sample(x0, t, eps), a.sqrt() * x0 + (1 - a).sqrt() * eps, atol=1e-6)
+    ref = make_scheduler(COSINE, Sampler.ddpm).add_noise(x0, eps, t)
+    assert torch.allclose(d.q_sample(x0, t, eps), ref, atol=1e-5)
+
+
+def test_cosine_and_linear_betas():
+    assert torch.allclose(GaussianDiffusion(COSINE).betas, cosine_betas(), atol=1e-6)
+    assert torch.allclose(GaussianDiffusion(LINEAR).betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64),
+                          atol=1e-7)
+
+
+@pytest.mark.parametrize("sampler", list(Sampler))
+def test_every_sampler_has_the_stage_betas(sampler):
+    """The trap of reference §3.7: from_config(UnCLIPScheduler.config) silently gives linear betas."""
+    s = make_scheduler(COSINE, sampler)
+    assert torch.allclose(s.betas.double(), cosine_betas(), atol=1e-6)
+    trap = DDPMScheduler.from_config(UnCLIPScheduler().config)
+    assert not torch.allclose(trap.betas.double(), cosine_betas(), atol=1e-3)
+
+
+@pytest.mark.parametrize("stage,schedule", [("decoder", "squaredcos_cap_v2"), ("prior", "squaredcos_cap_v2"),
+                                            ("upsampler_256", "squaredcos_cap_v2"), ("upsampler_1024", "linear")])
+def test_each_paper_stage_uses_its_schedule(stage, schedule):
+    from pathlib import Path
+
+    cfg = load_stage_config(Path(__file__).parents[1] / f"configs/paper/{stage}.yaml")
+    assert make_scheduler(cfg.diffusion, Sampler.ddpm).config.beta_schedule == schedule
+
+
+def test_linear_schedule_refuses_unclip_scheduler():
+    with pytest.raises(ValueError, match="cosine"):
+        make_scheduler(LINEAR, Sampler.unclip)
+
+
+def test_linspace_timesteps_match_unclip_scheduler():
+    ours = make_scheduler(COSINE, Sampler.ddpm)
+    ours.set_timesteps(25)
+    ref = UnCLIPScheduler()
+    ref.set_timesteps(25)
+    assert ours.timesteps.tolist() == ref.timesteps.tolist()
+
+
+def test_ddim_eta_zero_is_deterministic_and_eta_positive_is_not():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 6, 3, padding=1)
+    fn = lambda x, t: net(x)  # noqa: E731  (6 channels: the variance must be stripped for DDIM)
+    x_T = torch.randn(2, 3, 8, 8)
+    run = lambda eta, seed: sample_loop(fn, make_scheduler(COSINE, Sampler.ddim), x_T, 5, channels=3,  # noqa: E731
+                                        eta=eta, generator=torch.Generator().manual_seed(seed), progress=False)
+    assert torch.equal(run(0.0, 1), run(0.0, 2))
+    assert not torch.allclose(run(1.0, 1), run(1.0, 2))
+
+
+def test_sample_loop_rejects_zero_steps():
+    with pytest.raises(ValueError, match="steps"):
+        sample_loop(lambda x, t: x, make_scheduler(COSINE), torch.zeros(1, 3), 0, progress=False)
+
+
+def test_guidance_mixes_eps_only_and_keeps_conditional_variance():
+    def model(x, t):  # doubled batch: [uncond; cond]
+        b = len(x) // 2
+        eps = torch.cat([torch.zeros(b, 3), torch.ones(b, 3)])
+        var = torch.cat([torch.full((b, 3), -5.0), torch.full((b, 3), 0.5)])
+        return torch.cat([eps, var], 1)
+
+    out = guided(model, 3.0, guide_channels=3)(torch.zeros(2, 3), torch.tensor(5))
+    assert out.shape == (2, 6)
+    assert torch.allclose(out[:, :3], torch.full((2, 3), 3.0))  # u + 3(c − u)
+    assert torch.allclose(out[:, 3:], torch.full((2, 3), 0.5))  # conditional variance, unguided
+    full = guided(model, 2.0)(torch.zeros(2, 3), torch.tensor([5, 5]))  # every channel guided (the prior)
+    assert torch.allclose(full[:, :3], torch.full((2, 3), 2.0))
+    assert torch.allclose(full[:, 3:], torch.full((2, 3), -5.0 + 2.0 * 5.5))
+
+
+def test_vlb_is_zero_for_the_true_posterior_and_positive_otherwise():
+    cfg = DiffusionConfig(variance=Variance.learned)
+    d = GaussianDiffusion(cfg)
+    x0, eps = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8)
+    t = torch.tensor([5, 50, 500, 900])
+    x_t = d.q_sample(x0, t, eps)
+    v_min = -torch.ones_like(x0)  # frac 0: log Σ = log β̃_t, the true posterior variance
+    exact = d.vlb_bits(torch.cat([eps, v_min], 1), x0, x_t, t)
+    assert exact.abs().max() < 1e-3
+    wrong = d.vlb_bits(torch.cat([eps + 0.5, torch.ones_like(x0)], 1), x0, x_t, t)
+    assert (wrong > 1e-3).all()
+
+
+def test_hybrid_loss_trains_variance_only_through_vlb():
+    d = GaussianDiffusion(DiffusionConfig(variance=Variance.learned), vlb_weight=0.001)
+    x0, eps, t = torch.rand(2, 3, 4, 4) * 2 - 1, torch.randn(2, 3, 4, 4), torch.tensor([3, 400])
+    out = torch.randn(2, 6, 4, 4, requires_grad=True)
+    losses = d.loss(out, x0, d.q_sample(x0, t, eps), t, eps)
+    assert set(losses) == {"loss", "mse", "vlb"}
+    grad_vlb = torch.autograd.grad(losses["vlb"], out, retain_graph=True)[0]
+    assert grad_vlb[:, :3].abs().sum() == 0 and grad_vlb[:, 3:].abs().sum() > 0
+    grad_mse = torch.autograd.grad(losses["mse"], out)[0]
+    assert grad_mse[:, 3:].abs().sum() == 0
+
+
+def test_x0_prediction_targets_x0():
+    d = GaussianDiffusion(DiffusionConfig(prediction=Prediction.x0))
+    x0, eps, t = torch.randn(3, 8), torch.randn(3, 8), torch.tensor([1, 2, 3])
+    assert d.loss(x0.clone(), x0, d.q_sample(x0, t, eps), t, eps)["loss"] == 0
+    assert d.loss(eps.clone(), x0, d.q_sample(x0, t, eps), t, eps)["loss"] > 0
+
+
+def test_kl_and_discretized_likelihood_basics():
+    m, lv = torch.randn(10), torch.randn(10)
+    assert torch.allclose(normal_kl(m, lv, m, lv), torch.zeros(10), atol=1e-7)
+    levels = torch.linspace(-1, 1, 256)
+    probs = discretized_gaussian_log_likelihood(levels, torch.zeros(256), torch.full((256,), math.log(0.3))).exp()
+    assert abs(probs.sum().item() - 1.0) < 1e-3  # the 256 bins hold all the mass
+
+
+def test_ddim_scheduler_config_has_no_variance_handling():
+    assert isinstance(make_scheduler(COSINE, Sampler.ddim), DDIMScheduler)

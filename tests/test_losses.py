@@ -1,0 +1,112 @@
+"""Stage losses: guidance-dropout statistics, and each stage can overfit one fixed batch."""
+
+import pytest
+import torch
+
+from unclip.clip import TextEncoding
+from unclip.config import BetaSchedule, DecoderConfig, DiffusionConfig, PriorConfig, Prediction, UpsamplerConfig, Variance
+from unclip.decoder import Decoder
+from unclip.diffusion import GaussianDiffusion
+from unclip.losses import decoder_loss, prior_loss, upsampler_loss
+from unclip.prior import Prior
+from unclip.upsampler import Upsampler
+
+D, L = 32, 77
+
+
+def encodings(batch, seed):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.arange(L)[None].expand(batch, L) <= torch.randint(2, 20, (batch, 1), generator=g)
+    return TextEncoding(torch.randn(batch, L, D, generator=g), mask, torch.randn(batch, D, generator=g))
+
+
+EMPTY = TextEncoding(torch.full((1, L, D), -3.0), torch.arange(L)[None] <= 1, torch.full((1, D), -3.0))
+
+
+class Recording(torch.nn.Module):
+    """Stands in for a network: records what the loss feeds it and returns zeros."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.cfg, self.seen = net, net.cfg, {}
+        self.text_proj = getattr(net, "text_proj", None)
+
+    def standardise(self, z):
+        return z
+
+    def forward(self, x_t, t, **kwargs):
+        self.seen = kwargs
+        channels = 6 if isinstance(self.net, Decoder) else x_t.shape[1]
+        return torch.zeros(len(x_t), channels, *x_t.shape[2:], requires_grad=True)
+
+
+def test_decoder_drop_rates_are_independent():
+    n = 40_000
+    decoder = Decoder(DecoderConfig())
+    with torch.no_grad():
+        decoder.text_proj.learned_classifier_free_guidance_embeddings.fill_(7.0)
+    rec = Recording(decoder)
+    diffusion = GaussianDiffusion(DiffusionConfig(variance=Variance.learned))
+    decoder_loss(rec, diffusion, images=torch.zeros(n, 3, 2, 2), image_emb=torch.zeros(n, D),
+                 text=encodings(n, 0), empty=EMPTY, generator=torch.Generator().manual_seed(1))
+    image_dropped = (rec.seen["image_emb"] == 7.0).all(1)
+    text_dropped = (rec.seen["text_emb"] == -3.0).all(1)
+    assert torch.equal(text_dropped, (rec.seen["text_tokens"] == -3.0).all(2).all(1))  # tokens go with it
+    assert torch.equal(text_dropped, rec.seen["text_mask"].sum(1) == 2)  # and so does the mask
+    p_img, p_txt = image_dropped.float().mean().item(), text_dropped.float().mean().item()
+    assert abs(p_img - 0.10) < 0.02 and abs(p_txt - 0.50) < 0.03
+    p_both = (image_dropped & text_dropped).float().mean().item()
+    assert abs(p_both - p_img * p_txt) < 0.01  # independent draws
+
+
+def test_prior_text_drop_rate():
+    n = 40_000
+    rec = Recording(Prior(PriorConfig(text_drop=0.1)))
+    diffusion = GaussianDiffusion(DiffusionConfig(prediction=Prediction.x0))
+    prior_loss(rec, diffusion, image_emb=torch.zeros(n, D), text=encodings(n, 0), empty=EMPTY)
+    p = (rec.seen["text_emb"] == -3.0).all(1).float().mean().item()
+    assert abs(p - 0.10) < 0.02
+
+
+def overfit(model, loss_fn, steps, lr):
+    """Loss on one fixed batch (same x0, t, noise and drops each step) before and after training."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    first = None
+    for _ in range(steps):
+        loss = loss_fn(torch.Generator().manual_seed(0))["loss"]
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return first, loss_fn(torch.Generator().manual_seed(0))["loss"].item()
+
+
+def test_prior_overfits_one_batch():
+    torch.manual_seed(0)
+    prior = Prior(PriorConfig())
+    diffusion = GaussianDiffusion(DiffusionConfig(prediction=Prediction.x0))
+    z, text = torch.randn(4, D), encodings(4, 1)
+    first, last = overfit(prior, lambda g: prior_loss(prior, diffusion, image_emb=z, text=text, empty=EMPTY,
+                                                      generator=g), steps=60, lr=3e-3)
+    assert last < first / 10
+
+
+def test_decoder_overfits_one_batch():
+    torch.manual_seed(0)
+    decoder = Decoder(DecoderConfig())
+    diffusion = GaussianDiffusion(DiffusionConfig(variance=Variance.learned), vlb_weight=0.001)
+    images, z, text = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, D), encodings(2, 2)
+    first, last = overfit(decoder, lambda g: decoder_loss(decoder, diffusion, images=images, image_emb=z, text=text,
+                                                          empty=EMPTY, generator=g), steps=40, lr=2e-3)
+    assert last < first / 10
+
+
+@pytest.mark.parametrize("schedule", ["squaredcos_cap_v2", "linear"])
+def test_upsampler_overfits_one_batch(schedule):
+    torch.manual_seed(0)
+    up = Upsampler(UpsamplerConfig())
+    diffusion = GaussianDiffusion(DiffusionConfig(beta_schedule=BetaSchedule(schedule)))
+    high, low = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
+    first, last = overfit(up, lambda g: upsampler_loss(up, diffusion, high_res=high, low_res=low, generator=g),
+                          steps=80, lr=2e-3)
+    assert last < first / 10

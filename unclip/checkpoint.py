@@ -1,0 +1,93 @@
+"""Component folders: ``config.json`` + ``model.safetensors``, loadable with one call, no pickle.
+
+``config.json`` is ``{"component": <name>, "config": {...}}`` where the config is the component's
+dataclass as a dict; extra keys (e.g. the prior's training statistics) live in the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from unclip.clip import ClipEncoder, load_open_clip_weights
+from unclip.config import ClipConfig, ConfigError, from_dict, to_dict
+from unclip.decoder import Decoder
+from unclip.prior import Prior
+from unclip.upsampler import Upsampler
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# name in config.json → (module class, config class)
+COMPONENTS: dict[str, tuple[type[nn.Module], type]] = {
+    "clip": (ClipEncoder, ClipConfig),
+    "prior": (Prior, Prior.config_class),
+    "decoder": (Decoder, Decoder.config_class),
+    "upsampler": (Upsampler, Upsampler.config_class),
+}
+
+
+def component_name(module: nn.Module) -> str:
+    for name, (cls, _) in COMPONENTS.items():
+        if isinstance(module, cls):
+            return name
+    raise TypeError(f"not a unclip component: {type(module).__name__}")
+
+
+def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``module`` (its config and weights) to ``folder``; ``dtype`` casts floating weights
+    (e.g. torch.float16 for shipped checkpoints). Written to a temporary name, then renamed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, value in module.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        state[key] = value.to(dtype) if dtype is not None and value.is_floating_point() else value
+    tmp = folder / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS_NAME)
+    meta = {"component": component_name(module), "config": to_dict(module.cfg)}
+    (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def read_component_config(folder: str | Path):
+    """(component name, typed config) of a component folder."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}: not a unclip component folder")
+    meta = json.loads(path.read_text())
+    name = meta.get("component")
+    if name not in COMPONENTS:
+        raise ConfigError(f"{path}: unknown component {name!r} (known: {', '.join(COMPONENTS)})")
+    return name, from_dict(COMPONENTS[name][1], meta["config"], where=str(path))
+
+
+def load_component(folder: str | Path, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Build the component described by ``folder/config.json`` and load its weights."""
+    name, cfg = read_component_config(folder)
+    module = COMPONENTS[name][0](cfg)
+    weights = Path(folder) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    module.load_state_dict(state)
+    return module.to(device).eval()
+
+
+def load_clip(cfg: ClipConfig, device: str | torch.device = "cpu") -> ClipEncoder:
+    """A frozen CLIP from a config: ``pretrained`` may be our ``clip/`` folder or an open_clip
+    weights file; with no ``pretrained`` the weights are random (tests, or a CLIP to be trained)."""
+    if cfg.pretrained and (Path(cfg.pretrained) / CONFIG_NAME).is_file():
+        return load_component(cfg.pretrained, device)
+    if cfg.pretrained and not Path(cfg.pretrained).is_file():
+        load_open_clip_weights(None, cfg.pretrained)  # raises the clear "not found" error before building
+    encoder = ClipEncoder(cfg)
+    if cfg.pretrained:
+        load_open_clip_weights(encoder.model, cfg.pretrained)
+    return encoder.to(device).eval()

