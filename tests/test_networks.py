@@ -149,3 +149,8 @@ def test_upsampler_has_no_attention():
     up = Upsampler(UpsamplerConfig(block_out_channels=(32, 64, 64)))
     names = [type(m).__name__ for m in up.modules()]
     assert not any("Attention" in n for n in names)
+
+
+def test_decoder_rejects_heads_that_do_not_divide_the_channels():
+    with pytest.raises(ValueError, match="attention_head_dim"):
+        Decoder(DecoderConfig(block_out_channels=(32, 60), attention_resolutions=(), attention_head_dim=8))

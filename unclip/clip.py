@@ -34,9 +34,9 @@ class TextEncoding:
     def __getitem__(self, index) -> "TextEncoding":
         return TextEncoding(self.tokens[index], self.mask[index], self.emb[index])
 
-    def to(self, *args, **kwargs) -> "TextEncoding":
-        return TextEncoding(self.tokens.to(*args, **kwargs), self.mask.to(args[0] if args else kwargs.get("device")),
-                            self.emb.to(*args, **kwargs))
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "TextEncoding":
+        """Move to ``device``; ``dtype`` applies to the float tensors (the mask stays bool)."""
+        return TextEncoding(self.tokens.to(device, dtype), self.mask.to(device), self.emb.to(device, dtype))
 
     @staticmethod
     def cat(parts: list["TextEncoding"]) -> "TextEncoding":

@@ -61,6 +61,11 @@ def build_decoder_unet(cfg: DecoderConfig) -> UNet2DConditionModel:
     """A GLIDE/ADM-style UNet; attention (AddedKV) at the sides in ``cfg.attention_resolutions``."""
     sides = [cfg.sample_size // 2**i for i in range(len(cfg.block_out_channels))]
     attends = [side in cfg.attention_resolutions for side in sides]
+    mid = (cfg.block_out_channels[-1], True)  # the middle block always attends
+    for ch, a in [*zip(cfg.block_out_channels, attends), mid]:
+        if a and ch % cfg.attention_head_dim:
+            raise ValueError(f"decoder: {ch} channels at an attention level are not divisible by "
+                             f"attention_head_dim={cfg.attention_head_dim}")
     down = tuple("SimpleCrossAttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attends)
     up = tuple("SimpleCrossAttnUpBlock2D" if a else "ResnetUpsampleBlock2D" for a in reversed(attends))
     return UNet2DConditionModel(
