@@ -276,6 +276,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         if isinstance(value, tp):
             return value
+        if value is False:  # YAML 1.1 reads an unquoted `no` as False (e.g. mixed_precision: no)
+            value = "no"
         for member in tp:
             if value in (member.value, member.name):
                 return member

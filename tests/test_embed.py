@@ -1,0 +1,77 @@
+"""`unclip embed`: CLIP encodings of a data set in shards, and a prior trained on them alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unclip.cli import main as cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIOR = str(ROOT / "configs/tiny/prior.yaml")
+
+
+@pytest.fixture(scope="module")
+def embeddings(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("emb") / "shapes"
+    assert cli(["embed", "--config", PRIOR, "--output", str(out), "--limit", "10", "--batch-size", "4",
+                "--shard-size", "4", "data.seed=5"]) == 0
+    return out
+
+
+def test_embed_writes_shards_metadata_and_its_clip(embeddings):
+    from unclip.checkpoint import load_component
+    from unclip.data.embeddings import EmbeddingsDataset
+    from unclip.data.shapes import ShapesDataset
+
+    meta = json.loads((embeddings / "metadata.json").read_text())
+    assert (meta["count"], meta["shards"], meta["embed_dim"], meta["context_length"]) == (10, ["00000", "00001", "00002"], 32, 77)
+    clip = load_component(embeddings / "clip")
+    source = [ShapesDataset(resolution=32, seed=5).item(i) for i in range(10)]
+    captions = json.loads((embeddings / "00002_captions.json").read_text())
+    assert captions == [s["caption"] for s in source[8:]]  # rows in data order, shards of 4, 4, 2
+
+    rows = {item["caption"]: item for item in EmbeddingsDataset(embeddings)}
+    images = torch.stack([s["image"] for s in source])
+    image_emb, text = clip.encode_image(images), clip.encode_text([s["caption"] for s in source])
+    for i, s in enumerate(source):
+        row = rows[s["caption"]]
+        torch.testing.assert_close(row["image_emb"], image_emb[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(row["text_emb"], text.emb[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(row["text_tokens"], text.tokens[i], atol=1e-2, rtol=1e-2)  # stored as fp16
+        assert torch.equal(row["text_mask"], text.mask[i])
+
+
+def test_the_prior_trains_on_embeddings_without_images(embeddings, tmp_path, monkeypatch):
+    import numpy as np
+
+    from unclip.checkpoint import load_component
+    from unclip.clip import ClipEncoder
+    from unclip.stages.prior import MONITOR_COUNT
+
+    encoded, real = [], ClipEncoder.encode_image
+
+    def spy(self, images):
+        encoded.append(len(images))
+        return real(self, images)
+
+    monkeypatch.setattr(ClipEncoder, "encode_image", spy)
+    out = tmp_path / "prior"
+    assert cli(["train", "prior", "--config", PRIOR, "--output", str(out), "--no-progress", "training.steps=3",
+                "training.sample_every=1000", "data.kind=embeddings", f"data.path={embeddings}"]) == 0
+    assert encoded == [MONITOR_COUNT]  # only the held-out monitor at the end; no training image
+    prior = load_component(out / "export" / "prior")
+    exported, used = load_component(out / "export" / "clip"), load_component(embeddings / "clip")
+    for (name, a), (_, b) in zip(exported.state_dict().items(), used.state_dict().items()):
+        assert torch.equal(a, b), name  # the prior was trained (and shipped) with the embeddings' CLIP
+    stored = torch.from_numpy(np.concatenate([np.load(embeddings / f"0000{i}_image_emb.npy") for i in range(3)]))
+    scale = stored.abs().max().item()
+    torch.testing.assert_close(prior.transformer.clip_mean.reshape(-1), stored.mean(0), atol=0.05 * scale, rtol=0)
+
+
+def test_embed_needs_a_limit_for_an_endless_set(tmp_path, capsys):
+    assert cli(["embed", "--config", PRIOR, "--output", str(tmp_path / "x")]) == 2
+    assert "--limit" in capsys.readouterr().err

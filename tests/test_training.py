@@ -1,0 +1,304 @@
+"""The shared training loop: its contracts on a toy task, and a short CLI run of every stage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import IterableDataset
+
+from unclip import train_checkpoint
+from unclip.batches import batch_stream
+from unclip.config import ClipStageConfig, TrainingConfig
+from unclip.ema import EMA
+from unclip.stages import StageTask
+from unclip.training import TrainingError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ----------------------------------------------------------------------------------------------
+# a toy task: y = w·x + b, one frozen parameter
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.frozen = nn.Parameter(torch.ones(2), requires_grad=False)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def toy_data(n: int = 32) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(n, 4, generator=g)
+    return [{"x": x, "y": x.sum(0, keepdim=True) + 1, "caption": f"sample {i}"} for i, x in enumerate(xs)]
+
+
+def toy_config(**training) -> ClipStageConfig:
+    base = {"steps": 4, "batch_size": 4, "lr": 0.05, "ema_decay": 0.5, "checkpoint_every": 2, "sample_every": 1000,
+            "log_every": 1}
+    return ClipStageConfig(training=TrainingConfig(**{**base, **training}))
+
+
+def toy_build(dataset=None, loss=None, seen: list | None = None):
+    def build(cfg, ctx):
+        def default_loss(model, batch):
+            return {"loss": ((model(batch["x"]) - batch["y"]) ** 2).mean()}
+
+        toy = Toy()
+        if seen is not None:  # the network's own dtype in the forward (autocast)
+            toy.linear.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+
+        def export(model, folder: Path):
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file(model.state_dict(), str(folder / "toy.safetensors"))
+
+        return StageTask("toy", toy, toy_data() if dataset is None else dataset, loss or default_loss, export)
+
+    return build
+
+
+def run_toy(cfg, out: Path, **kwargs) -> Path:
+    return train(cfg, out, progress=False, build=kwargs.pop("build", toy_build()), **kwargs)
+
+
+def logs(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_loop_writes_checkpoints_logs_and_the_ema_export(tmp_path):
+    export = run_toy(toy_config(), tmp_path)
+    root = tmp_path / "checkpoints"
+    assert (root / "latest").read_text() == "step_000004"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000002", "step_000004"]
+    state = json.loads((root / "step_000004" / "state.json").read_text())
+    assert state == {"step": 4, "ema_updates": 4, "written_by": 0}
+    model = load_file(str(root / "step_000004" / "model.safetensors"))
+    ema = load_file(str(root / "step_000004" / "ema.safetensors"))
+    exported = load_file(str(export / "toy.safetensors"))
+    assert not torch.equal(model["linear.weight"], ema["linear.weight"])
+    assert torch.equal(exported["linear.weight"], ema["linear.weight"])  # the export ships the EMA
+    steps = [r["step"] for r in logs(tmp_path) if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    losses = [r["loss"] for r in logs(tmp_path) if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    run_toy(toy_config(checkpoint_every=1), tmp_path, keep_checkpoints=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_000003", "step_000004"]
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path):
+    run_toy(toy_config(batch_size=4, grad_accum=2, grad_clip=0.0), tmp_path / "accum")
+    run_toy(toy_config(batch_size=8, grad_accum=1, grad_clip=0.0), tmp_path / "large")
+    a = load_file(str(tmp_path / "accum/checkpoints/step_000004/model.safetensors"))
+    b = load_file(str(tmp_path / "large/checkpoints/step_000004/model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_warmup_ramps_the_learning_rate(tmp_path):
+    run_toy(toy_config(warmup_steps=4, lr=0.1), tmp_path)
+    lrs = [r["lr"] for r in logs(tmp_path) if "lr" in r]
+    assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1])  # step n uses n / 4 of the rate, then all of it
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    seen: list = []
+    run_toy(toy_config(steps=1, mixed_precision="bf16"), tmp_path / "bf16", build=toy_build(seen=seen))
+    run_toy(toy_config(steps=1), tmp_path / "fp32", build=toy_build(seen=seen))
+    assert seen == [torch.bfloat16, torch.float32]
+
+
+def test_non_finite_loss_stops_with_step_and_captions(tmp_path):
+    calls = []
+
+    def loss(model, batch):
+        calls.append(1)
+        value = ((model(batch["x"]) - batch["y"]) ** 2).mean()
+        return {"loss": value * float("nan") if len(calls) == 3 else value}
+
+    with pytest.raises(TrainingError, match=r"step 3.*sample \d+"):
+        run_toy(toy_config(checkpoint_every=1), tmp_path, build=toy_build(loss=loss))
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000002"  # nothing saved after the NaN
+
+
+class NoSamples(IterableDataset):
+    def __iter__(self):
+        return iter(())
+
+
+@pytest.mark.parametrize("dataset, message", [([], "empty"), (NoSamples(), "yielded nothing")])
+def test_a_data_set_that_yields_nothing_is_an_error(tmp_path, dataset, message):
+    with pytest.raises(ValueError, match=message):
+        run_toy(toy_config(), tmp_path, build=toy_build(dataset=dataset))
+
+
+def test_existing_run_needs_resume_and_a_matching_config(tmp_path):
+    run_toy(toy_config(steps=2), tmp_path)
+    with pytest.raises(ValueError, match="--resume"):
+        run_toy(toy_config(steps=2), tmp_path)
+    changed = toy_config(steps=4)
+    changed.clip.text_layers = 3
+    with pytest.raises(ValueError, match=r"clip\.text_layers \(checkpoint 2, now 3\)"):
+        run_toy(changed, tmp_path, resume=True)
+    run_toy(toy_config(steps=4, lr=0.01), tmp_path, resume=True)  # training settings may change
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000004"
+
+
+def test_an_interrupted_save_leaves_latest_intact(tmp_path, monkeypatch):
+    real_save, saves = train_checkpoint.save_model, []
+
+    def failing_save(model, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 4:  # the EMA weights of the second checkpoint
+            raise OSError("disk full")
+        return real_save(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(train_checkpoint, "save_model", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        run_toy(toy_config(steps=2, checkpoint_every=1), tmp_path)
+    root = tmp_path / "checkpoints"
+    assert (root / "latest").read_text() == "step_000001"
+    assert not (root / "step_000002").exists()
+    assert train_checkpoint.latest_checkpoint(tmp_path) == root / "step_000001"
+    monkeypatch.setattr(train_checkpoint, "save_model", real_save)
+    run_toy(toy_config(steps=2, checkpoint_every=1), tmp_path, resume=True)
+    assert (root / "latest").read_text() == "step_000002"
+    assert not list(root.glob(".tmp-*"))  # the broken attempt was cleaned up
+
+
+def test_bad_intervals_and_yaml_no_are_handled(tmp_path):
+    from unclip.config import Precision, load_stage_config
+
+    with pytest.raises(ValueError, match="checkpoint_every must be at least 1"):
+        run_toy(toy_config(checkpoint_every=0), tmp_path)
+    # YAML reads an unquoted `no` as False: it still means mixed_precision "no"
+    cfg = load_stage_config(ROOT / "configs/tiny/decoder.yaml", ["training.mixed_precision=no"])
+    assert cfg.training.mixed_precision is Precision.no
+
+
+def test_ema_warms_up_and_copies_frozen_parameters():
+    model = Toy()
+    ema = EMA(model, decay=0.99)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    before = ema.model.linear.weight.clone()
+    with torch.no_grad():
+        model.linear.weight.add_(1.0)
+        model.frozen.fill_(5.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.model.linear.weight, before + 0.9)
+    assert torch.equal(ema.model.frozen, torch.full((2,), 5.0))
+    assert ema.updates == 1 and ema.current_decay() == pytest.approx(2 / 11)
+
+
+# ----------------------------------------------------------------------------------------------
+# the batch stream
+
+
+def _captions(stream, n):
+    return [c for _, batch in zip(range(n), stream) for c in batch["caption"]]
+
+
+class Plain(IterableDataset):  # an iterable without item(i): read in order, restarted when it ends
+    def __iter__(self):
+        return iter(toy_data(10))
+
+
+def test_batch_stream_resumes_exactly_and_splits_processes():
+    data = toy_data(10)
+    full = _captions(batch_stream(data, 3, seed=1), 8)  # 24 samples: crosses two epochs of 10
+    assert _captions(batch_stream(data, 3, seed=1, start_batch=5), 3) == full[15:]
+    assert sorted(full[:10]) == sorted(d["caption"] for d in data)  # an epoch is a permutation
+    ranks = [_captions(batch_stream(data, 5, seed=1, rank=r, world_size=2), 1) for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(d["caption"] for d in data)
+    plain = _captions(batch_stream(Plain(), 3), 6)
+    assert _captions(batch_stream(Plain(), 3, start_batch=4), 2) == plain[10:]  # batches of 3, 3, 3, 1, …
+
+
+def test_batch_stream_of_the_shapes_set_is_independent_of_workers():
+    from unclip.data.shapes import ShapesDataset
+
+    data = ShapesDataset(resolution=8, seed=3)
+    order = _captions(batch_stream(data, 2), 4)
+    assert order == [data.item(i)["caption"] for i in range(8)]
+    assert _captions(batch_stream(data, 2, start_batch=3), 1) == order[6:]
+    assert _captions(batch_stream(data, 2, num_workers=2), 4) == order
+
+
+# ----------------------------------------------------------------------------------------------
+# every stage, through the CLI, on its tiny config
+
+
+def cli(*argv: str) -> int:
+    from unclip.cli import main
+
+    return main([*argv])
+
+
+def test_overrides_may_follow_the_options():
+    from unclip.cli import build_parser
+
+    args = build_parser().parse_args(["train", "decoder", "a.b=1", "--config", "c.yaml", "--output", "o", "x.y=2"])
+    assert (args.stage, args.config, args.overrides) == ("decoder", "c.yaml", ["a.b=1", "x.y=2"])
+
+
+STAGE_RUNS = {  # config → (stage, components in export/)
+    "clip": ("clip", ["clip"]),
+    "prior": ("prior", ["clip", "prior"]),
+    "decoder": ("decoder", ["clip", "decoder"]),
+    "upsampler_256": ("upsampler", ["upsampler_256"]),
+    "upsampler_1024": ("upsampler", ["upsampler_1024"]),
+}
+
+
+@pytest.mark.parametrize("config", list(STAGE_RUNS))
+def test_every_stage_trains_checkpoints_and_exports_through_the_cli(tmp_path, config):
+    from unclip.checkpoint import load_component
+
+    stage, components = STAGE_RUNS[config]
+    out = tmp_path / "run"
+    assert cli("train", stage, "--config", str(ROOT / f"configs/tiny/{config}.yaml"), "--output", str(out),
+               "--no-progress", "training.steps=3", "training.checkpoint_every=3", "training.sample_every=3") == 0
+    assert (out / "checkpoints" / "latest").read_text() == "step_000003"
+    assert sorted(p.name for p in (out / "export").iterdir()) == components
+    for name in components:
+        module = load_component(out / "export" / name)
+        assert not module.training
+    entries = [r for r in logs(out) if "loss" in r]
+    assert [r["step"] for r in entries] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in entries)
+    if stage in ("decoder", "upsampler"):
+        assert (out / "samples" / "step_000003.png").is_file()
+    if stage == "prior":
+        (monitor,) = [r for r in logs(out) if "prior/cos_pred" in r]
+        assert -1 <= monitor["prior/cos_pred"] <= 1 and -1 <= monitor["prior/cos_text_baseline"] <= 1
+        prior = load_component(out / "export" / "prior")
+        assert not torch.equal(prior.transformer.clip_std, torch.ones_like(prior.transformer.clip_std))
+    if stage == "clip":
+        assert any("clip/top1" in r for r in logs(out))
+
+
+def test_train_refuses_a_config_of_another_stage(tmp_path, capsys):
+    assert cli("train", "prior", "--config", str(ROOT / "configs/tiny/decoder.yaml"), "--output", str(tmp_path)) == 2
+    assert "configures the decoder stage, not prior" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["clip", "prior", "decoder", "upsampler"])
+def test_entry_scripts_run_unclip_train_for_their_stage(tmp_path, stage):
+    other = "prior" if stage == "decoder" else "decoder"
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, str(ROOT / "train" / f"{stage}.py"), "--config",
+                           str(ROOT / f"configs/tiny/{other}.yaml"), "--output", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"configures the {other} stage, not {stage}" in done.stderr

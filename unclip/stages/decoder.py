@@ -1,0 +1,75 @@
+"""Decoder stage (paper §2.1): images + captions → eps (+ learned variance) given frozen CLIP encodings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from unclip.checkpoint import save_component
+from unclip.config import DecoderStageConfig
+from unclip.data import build_dataset
+from unclip.diffusion import (
+    GaussianDiffusion,
+    Sampler,
+    guided,
+    make_scheduler,
+    sample_loop,
+)
+from unclip.losses import decoder_loss
+from unclip.models import build_stage_model
+from unclip.stages import (
+    StageContext,
+    StageTask,
+    check_clip_width,
+    frozen_clip,
+    held_out_shapes,
+    save_grid,
+    step_png,
+)
+
+SAMPLE_COUNT = 4  # fixed held-out prompts in each sample grid
+
+
+def build(cfg: DecoderStageConfig, ctx: StageContext) -> StageTask:
+    if cfg.data.resolution != cfg.decoder.sample_size:
+        raise ValueError(f"data.resolution={cfg.data.resolution} must equal decoder.sample_size={cfg.decoder.sample_size}")
+    clip = frozen_clip(cfg, ctx.device)
+    check_clip_width(clip, cfg.decoder.clip_embeddings_dim, "decoder.clip_embeddings_dim")
+    model = build_stage_model(cfg)
+    diffusion = GaussianDiffusion(cfg.diffusion, vlb_weight=cfg.decoder.vlb_weight)
+    empty = clip.encode_text([""])  # (1, ·): the dropped caption
+
+    def loss(decoder, batch):
+        images = batch["image"]  # (B, 3, S, S) in [-1, 1]
+        return decoder_loss(decoder, diffusion, images=images, image_emb=clip.encode_image(images),
+                            text=clip.encode_text(batch["caption"]), empty=empty)
+
+    images, captions = held_out_shapes(cfg.decoder.sample_size, SAMPLE_COUNT)
+
+    @torch.no_grad()
+    def sample(decoder, step: int, output: Path) -> dict[str, float]:
+        """Top row: held-out images; bottom row: decoded from their CLIP embeddings and captions."""
+        n = len(captions)
+        image_emb = clip.encode_image(images.to(ctx.device))
+        text, blank = clip.encode_text(captions), empty[[0] * n]
+
+        def model_fn(x_t, t):  # doubled batch ordered [uncond; cond]
+            return decoder(x_t, t, image_emb=torch.cat([decoder.text_proj.null_image_emb(n), image_emb]),
+                           text_emb=torch.cat([blank.emb, text.emb]), text_tokens=torch.cat([blank.tokens, text.tokens]),
+                           text_mask=torch.cat([blank.mask, text.mask]))
+
+        g = torch.Generator(ctx.device).manual_seed(0)
+        x_T = torch.randn(images.shape, generator=g, device=ctx.device)
+        x0 = sample_loop(guided(model_fn, cfg.diffusion.guidance_scale, guide_channels=3),
+                         make_scheduler(cfg.diffusion, Sampler.ddpm), x_T, cfg.diffusion.sample_steps,
+                         channels=3, generator=g, progress=False)
+        save_grid([images, x0], step_png(output, step))
+        return {}
+
+    def export(decoder, folder: Path) -> None:
+        save_component(decoder, folder / "decoder")
+        save_component(clip, folder / "clip")  # self-contained: the CLIP the decoder was trained on
+
+    dataset = build_dataset(cfg.data, rank=ctx.rank, world_size=ctx.world_size)
+    return StageTask("decoder", model, dataset, loss, export, sample=sample)

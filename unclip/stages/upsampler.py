@@ -1,0 +1,66 @@
+"""Upsampler stages 64→256 and 256→1024 (paper §2.1, App. C): one entry, the config picks which.
+
+Training pairs are random crops (``crop_fraction`` of the side) of the target and of its degraded,
+re-upsampled conditioning; sampling runs the fully convolutional network at full size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from unclip.checkpoint import save_component
+from unclip.config import UpsamplerStageConfig
+from unclip.data import build_dataset
+from unclip.degradations import upsampler_pair
+from unclip.diffusion import GaussianDiffusion, Sampler, make_scheduler, sample_loop
+from unclip.losses import upsampler_loss
+from unclip.models import build_stage_model
+from unclip.stages import StageContext, StageTask, held_out_shapes, save_grid, step_png
+from unclip.upsampler import upsample_condition
+
+SAMPLE_COUNT = 2  # fixed held-out images in each sample grid
+EXPORT_NAMES = ("upsampler_256", "upsampler_1024")
+
+
+def export_name(cfg: UpsamplerStageConfig, config_path: Path | None) -> str:
+    """The pipeline folder of this stage: the config file's stem when it names one, else by size."""
+    if config_path is not None and Path(config_path).stem in EXPORT_NAMES:
+        return Path(config_path).stem
+    up = cfg.upsampler
+    return "upsampler_1024" if up.sample_size >= 1024 or up.low_res_size >= 256 else "upsampler_256"
+
+
+def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
+    up = cfg.upsampler
+    crop = int(up.sample_size * up.crop_fraction)
+    model = build_stage_model(cfg)
+    diffusion = GaussianDiffusion(cfg.diffusion)
+
+    def loss(upsampler, batch):
+        high_res, low_res = upsampler_pair(batch["image"], up.low_res_size, up.degradation, crop)
+        return upsampler_loss(upsampler, diffusion, high_res=high_res, low_res=low_res)
+
+    images, _ = held_out_shapes(up.sample_size, SAMPLE_COUNT)
+
+    @torch.no_grad()
+    def sample(upsampler, step: int, output: Path) -> dict[str, float]:
+        """Rows: bicubic-upsampled clean low-res input, the upsampler's output, the target."""
+        target = images.to(ctx.device)
+        low = F.interpolate(target, size=(up.low_res_size, up.low_res_size), mode="area")
+        g = torch.Generator(ctx.device).manual_seed(0)
+        x_T = torch.randn(target.shape, generator=g, device=ctx.device)
+        x0 = sample_loop(lambda x_t, t: upsampler(x_t, t, low_res=low), make_scheduler(cfg.diffusion, Sampler.ddim),
+                         x_T, cfg.diffusion.sample_steps, channels=3, generator=g, progress=False)
+        save_grid([upsample_condition(low, up.sample_size), x0, target], step_png(output, step))
+        return {}
+
+    def export(upsampler, folder: Path) -> None:
+        save_component(upsampler, folder / export_name(cfg, ctx.config_path))
+
+    data_cfg = dataclasses.replace(cfg.data, resolution=up.sample_size)  # targets at the output size
+    dataset = build_dataset(data_cfg, rank=ctx.rank, world_size=ctx.world_size)
+    return StageTask("upsampler", model, dataset, loss, export, sample=sample)
