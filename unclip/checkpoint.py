@@ -38,9 +38,12 @@ def component_name(module: nn.Module) -> str:
     raise TypeError(f"not a unclip component: {type(module).__name__}")
 
 
-def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | None = None,
+                   extra: dict | None = None) -> Path:
     """Write ``module`` (its config and weights) to ``folder``; ``dtype`` casts floating weights
-    (e.g. torch.float16 for shipped checkpoints). Written to a temporary name, then renamed."""
+    (e.g. torch.float16 for shipped checkpoints); ``extra`` adds keys to config.json, e.g. the
+    stage's ``diffusion`` settings that the pipeline samples with. Written to a temporary name,
+    then renamed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {}
@@ -50,7 +53,7 @@ def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | N
     tmp = folder / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(folder / WEIGHTS_NAME)
-    meta = {"component": component_name(module), "config": to_dict(module.cfg)}
+    meta = {"component": component_name(module), "config": to_dict(module.cfg), **(extra or {})}
     (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -75,9 +78,8 @@ def load_component(folder: str | Path, device: str | torch.device = "cpu",
     weights = Path(folder) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
-    module.load_state_dict(state)
-    return module.to(device).eval()
+    module.load_state_dict(load_file(str(weights)))  # fp16 files are cast to the module's dtype
+    return module.to(device=device, dtype=dtype).eval()
 
 
 def load_clip(cfg: ClipConfig, device: str | torch.device = "cpu") -> ClipEncoder:

@@ -138,7 +138,7 @@ def pil_to_tensor(images: list[Image.Image]) -> torch.Tensor:
     import numpy as np
 
     arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # channels-first memory
     return x / 127.5 - 1
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from unclip.checkpoint import save_component
-from unclip.config import DecoderStageConfig
+from unclip.config import DecoderStageConfig, to_dict
 from unclip.data import build_dataset
 from unclip.diffusion import (
     GaussianDiffusion,
@@ -68,7 +68,7 @@ def build(cfg: DecoderStageConfig, ctx: StageContext) -> StageTask:
         return {}
 
     def export(decoder, folder: Path) -> None:
-        save_component(decoder, folder / "decoder")
+        save_component(decoder, folder / "decoder", extra={"diffusion": to_dict(cfg.diffusion)})
         save_component(clip, folder / "clip")  # self-contained: the CLIP the decoder was trained on
 
     dataset = build_dataset(cfg.data, rank=ctx.rank, world_size=ctx.world_size)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from unclip.checkpoint import save_component
 from unclip.clip import TextEncoding
-from unclip.config import DatasetKind, PriorStageConfig
+from unclip.config import DatasetKind, PriorStageConfig, to_dict
 from unclip.data import build_dataset
 from unclip.diffusion import (
     GaussianDiffusion,
@@ -83,7 +83,7 @@ def build(cfg: PriorStageConfig, ctx: StageContext) -> StageTask:
                 "prior/cos_text_baseline": F.cosine_similarity(text.emb, true).mean().item()}
 
     def export(prior, folder: Path) -> None:
-        save_component(prior, folder / "prior")
+        save_component(prior, folder / "prior", extra={"diffusion": to_dict(cfg.diffusion)})
         save_component(clip, folder / "clip")
 
     dataset = build_dataset(cfg.data, rank=ctx.rank, world_size=ctx.world_size)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from unclip.checkpoint import save_component
-from unclip.config import UpsamplerStageConfig
+from unclip.config import UpsamplerStageConfig, to_dict
 from unclip.data import build_dataset
 from unclip.degradations import upsampler_pair
 from unclip.diffusion import GaussianDiffusion, Sampler, make_scheduler, sample_loop
@@ -59,7 +59,8 @@ def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
         return {}
 
     def export(upsampler, folder: Path) -> None:
-        save_component(upsampler, folder / export_name(cfg, ctx.config_path))
+        save_component(upsampler, folder / export_name(cfg, ctx.config_path),
+                       extra={"diffusion": to_dict(cfg.diffusion)})
 
     data_cfg = dataclasses.replace(cfg.data, resolution=up.sample_size)  # targets at the output size
     dataset = build_dataset(data_cfg, rank=ctx.rank, world_size=ctx.world_size)

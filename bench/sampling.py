@@ -1,0 +1,140 @@
+"""Wall time of full text → image generation: unclip's pipeline and diffusers' (deprecated)
+UnCLIPPipeline on identical weights, side by side in one run.
+
+    python bench/sampling.py                        # tiny random weights (configs/tiny)
+    python bench/sampling.py --configs configs/shapes --repeats 1
+    python bench/sampling.py --checkpoint checkpoints/shapes
+
+Both pipelines share the same networks (diffusers' gets them through ``unclip.karlo.to_diffusers``)
+and run Karlo's default steps (prior 25, decoder 25, upsampler 7) at batch 1 and 4. The first
+rows are like for like (UnCLIPScheduler everywhere, one prior sample per image, text → the first
+upsampler's size); the others show unclip's own defaults (ancestral DDPM, best of 2 prior samples),
+DPM-Solver++ with fewer steps, bf16 autocast and the second upsampler where one exists. Each
+figure is the best of ``--repeats`` rounds (rows interleaved) after one warm-up run. Not a test; needs
+transformers for the diffusers side (skipped with a note otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unclip.pipeline import UnCLIPPipeline
+
+PROMPT = "a small red circle in the top left on a white background"
+KARLO_STEPS = {"prior": 25, "decoder": 25, "upsampler": 7}
+GUIDANCE = {"prior": 4.0, "decoder": 8.0}
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def ours(pipe: UnCLIPPipeline, size: int, *, sampler=None, steps=KARLO_STEPS, candidates: int = 1,
+         autocast: torch.dtype | None = None):
+    def run(batch: int):
+        context = (torch.autocast(pipe.device.type, dtype=autocast) if autocast is not None
+                   else contextlib.nullcontext())
+        with context:
+            pipe.generate(PROMPT, n=batch, size=size, steps=steps, guidance=GUIDANCE, sampler=sampler,
+                          prior_candidates=candidates, seed=0, progress=False)
+
+    return run
+
+
+def theirs(oracle):
+    def run(batch: int):
+        oracle(prompt=PROMPT, num_images_per_prompt=batch, prior_num_inference_steps=KARLO_STEPS["prior"],
+               decoder_num_inference_steps=KARLO_STEPS["decoder"],
+               super_res_num_inference_steps=KARLO_STEPS["upsampler"], prior_guidance_scale=GUIDANCE["prior"],
+               decoder_guidance_scale=GUIDANCE["decoder"], generator=torch.Generator(oracle.device).manual_seed(0),
+               output_type="np")
+
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--configs", default="configs/tiny", help="random weights from this config folder")
+    source.add_argument("--checkpoint", help="a pipeline folder instead of random weights")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast row")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if args.checkpoint:
+        pipe, source = UnCLIPPipeline.from_pretrained(args.checkpoint, device=device), args.checkpoint
+    else:
+        pipe, source = UnCLIPPipeline.from_configs(args.configs, device=device), f"{args.configs} (random weights)"
+    sizes = pipe.sizes
+    if len(sizes) < 2:
+        print("the pipeline needs at least the decoder and one upsampler", file=sys.stderr)
+        return 2
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"weights: {source}; device: {name}; torch {torch.__version__}")
+    print(f"steps prior/decoder/upsampler = {KARLO_STEPS['prior']}/{KARLO_STEPS['decoder']}/"
+          f"{KARLO_STEPS['upsampler']}, guidance {GUIDANCE['prior']}/{GUIDANCE['decoder']}; "
+          f"best of {args.repeats} interleaved rounds after a warm-up\n")
+
+    rows: list[tuple[str, object]] = []
+    try:
+        from unclip.karlo import to_diffusers
+
+        oracle = to_diffusers(pipe).to(device)
+        oracle.set_progress_bar_config(disable=True)
+        rows.append((f"diffusers UnCLIPPipeline  → {sizes[1]}", theirs(oracle)))
+    except ImportError as err:
+        print(f"(diffusers' UnCLIPPipeline unavailable: {err}; unclip rows only)\n")
+    rows.append((f"unclip, same samplers     → {sizes[1]}", ours(pipe, sizes[1], sampler="unclip")))
+    rows.append((f"unclip defaults (best of 2) → {sizes[1]}", ours(pipe, sizes[1], sampler="ddpm", candidates=2)))
+    fast_steps = {"prior": 10, "decoder": 10, "upsampler": 7}
+    rows.append((f"unclip dpmpp 10/10/7      → {sizes[1]}", ours(pipe, sizes[1], sampler={"prior": "dpmpp",
+                 "decoder": "dpmpp"}, steps=fast_steps)))
+    if not args.no_bf16:
+        rows.append((f"unclip bf16 autocast      → {sizes[1]}", ours(pipe, sizes[1], sampler="unclip",
+                     autocast=torch.bfloat16)))
+    if len(sizes) > 2:
+        rows.append((f"unclip, same samplers     → {sizes[2]}", ours(pipe, sizes[2], sampler={
+            "prior": "unclip", "decoder": "unclip", "upsampler_256": "unclip", "upsampler_1024": "ddpm"})))
+
+    # rows interleaved within each round, best of the rounds: robust to other load on the machine
+    seconds: dict[tuple[str, int], list[float]] = {}
+    for batch in args.batches:
+        for label, fn in rows:
+            fn(batch)  # warm-up: kernel selection, allocator, caches
+        for _ in range(args.repeats):
+            for label, fn in rows:
+                seconds.setdefault((label, batch), []).append(timed(lambda fn=fn, batch=batch: fn(batch), device))
+    print(f"{'':38}" + "".join(f"{'batch ' + str(b):>22}" for b in args.batches))
+    reference = {b: min(seconds[label, b]) for label, _ in rows if label.startswith("diffusers") for b in args.batches}
+    for label, _ in rows:
+        cells = []
+        for batch in args.batches:
+            best = min(seconds[label, batch])
+            compared = batch in reference and not label.startswith("diffusers")
+            ratio = f" ({best / reference[batch]:4.2f}×)" if compared else ""
+            cells.append(f"{best:9.3f} s{ratio}")
+        print(f"{label:38}" + "".join(f"{c:>22}" for c in cells))
+    if reference:
+        print("\n(×) = unclip's time / diffusers' time at the same batch: below 1 is faster")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

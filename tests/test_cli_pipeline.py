@@ -1,0 +1,111 @@
+"""``unclip generate | vary | interpolate | diff`` end to end on a tiny random checkpoint: each
+writes the files it promises and prints their paths; bad arguments exit with status 2 and a
+one-line message, without a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, TINY_CONFIGS
+from PIL import Image
+
+from unclip.cli import main
+
+FAST = ["--steps", "prior=2", "decoder=2", "upsampler=2", "--quiet"]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, [line for line in out.splitlines() if line], err
+
+
+def test_generate_writes_pngs_and_a_grid(capsys, tiny_pipeline_dir, tmp_path):
+    code, lines, _ = run_cli(capsys, "generate", "a red circle", "-n", 2, "--size", 64, "--seed", 0, *FAST,
+                             "--out", tmp_path, "--checkpoint", tiny_pipeline_dir)
+    assert code == 0
+    expected = [tmp_path / "a-red-circle-0.png", tmp_path / "a-red-circle-1.png", tmp_path / "a-red-circle-grid.png"]
+    assert lines == [str(p) for p in expected]
+    assert Image.open(expected[0]).size == (64, 64) and Image.open(expected[2]).size == (128, 64)
+
+
+def test_generate_with_random_weights_says_so(capsys, tmp_path):
+    code, lines, err = run_cli(capsys, "generate", "a blue square", "--size", 32, *FAST, "--sampler", "ddim",
+                               "--guidance", 3, "--out", tmp_path, "--random-from", TINY_CONFIGS)
+    assert code == 0 and lines == [str(tmp_path / "a-blue-square-0.png")]
+    assert "random weights" in err and "noise" in err
+    assert Image.open(lines[0]).size == (32, 32)
+
+
+def test_vary_interpolate_and_diff_write_their_files(capsys, tiny_pipeline_dir, photos, tmp_path):
+    common = [*FAST, "--size", 32, "--checkpoint", tiny_pipeline_dir, "--out", tmp_path]
+    code, lines, _ = run_cli(capsys, "vary", photos["astronaut"], "-n", 2, "--eta", 0.5, *common)
+    assert code == 0 and [p.split("/")[-1] for p in lines] == [
+        "astronaut-variation-0.png", "astronaut-variation-1.png", "astronaut-variation-grid.png"]
+
+    code, lines, _ = run_cli(capsys, "interpolate", photos["astronaut"], photos["coffee"], "--frames", 3,
+                             "--noise", "slerp", *common)
+    assert code == 0 and len(lines) == 4 and lines[-1].endswith("astronaut-to-coffee.gif")
+    gif = Image.open(lines[-1])
+    assert gif.n_frames == 3 and gif.size == (32, 32)
+
+    code, lines, _ = run_cli(capsys, "diff", photos["chelsea"], "--from", "a photo of a cat", "--to",
+                             "a photo of a dog", "--thetas", 0, 0.3, *common)
+    assert code == 0 and [p.split("/")[-1] for p in lines] == [
+        "chelsea-to-a-photo-of-a-dog-0.png", "chelsea-to-a-photo-of-a-dog-1.png",
+        "chelsea-to-a-photo-of-a-dog-strip.png"]
+    assert Image.open(lines[-1]).size == (64, 32)
+    assert all((tmp_path / p.split("/")[-1]).is_file() for p in lines)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "a red circle", "-n", "0"], "-n: expected a whole number >= 1"),
+    (["generate", "", ], "prompt: the prompt is empty"),
+    (["generate", "a " * 80], "tokens long after tokenisation"),
+    (["generate", "a red circle", "--size", "48"], "size: 48 is not supported"),
+    (["generate", "a red circle", "--steps", "0"], "steps: "),
+    (["generate", "a red circle", "--sampler", "euler"], "sampler: 'euler' is not one of"),
+    (["vary", "{wide}"], "not square; crop it to a square first"),
+    (["vary", "{missing}"], "image: cannot read"),
+    (["interpolate", "{astronaut}", "{coffee}", "--frames", "1"], "--frames: expected a whole number >= 2"),
+    (["diff", "{chelsea}", "--from", "a cat", "--to", ""], "to_text: the prompt is empty"),
+])
+def test_bad_arguments_exit_2_with_one_line(capsys, tiny_pipeline_dir, photos, argv, message):
+    files = {"wide": photos["wide"], "missing": photos["astronaut"].with_name("missing.png"),
+             "astronaut": photos["astronaut"], "coffee": photos["coffee"], "chelsea": photos["chelsea"]}
+    argv = [a.format(**files) for a in argv]
+    code = main([*argv, "--quiet", "--checkpoint", str(tiny_pipeline_dir)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"unclip {argv[0]}: error: ") and message in lines[0]
+
+
+def test_missing_checkpoints_are_explained(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("UNCLIP_CHECKPOINT", str(tmp_path / "none"))
+    code = main(["generate", "a red circle"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--checkpoint PATH" in err and "--random-from configs/tiny" in err
+    assert main(["generate", "a red circle", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "--checkpoint: no pipeline folder" in capsys.readouterr().err
+
+
+def test_argparse_errors_exit_2_without_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "a red circle", "-n", "many"])
+    assert exit_.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["generate", "a red circle", "--steps", "decodr=3"])
+    err = capsys.readouterr().err
+    assert "unknown stage 'decodr'" in err and "Traceback" not in err
+
+
+def test_a_real_process_reports_errors_in_one_line(tmp_path):
+    """A real process: exit status 2 and a one-line message on stderr, no traceback."""
+    result = subprocess.run([sys.executable, "-m", "unclip.cli", "generate", "a red circle", "--checkpoint",
+                             str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=REPO, timeout=120,
+                            check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"unclip generate: error: --checkpoint: no pipeline folder at {tmp_path / 'nowhere'}"]
