@@ -1,0 +1,177 @@
+"""Edits: inpainting with the unCLIP cascade, RePaint-style (Lugmayr et al. 2022).
+
+The networks were never trained to inpaint, so the known pixels are imposed on the sampling
+chain instead: before every denoising step of the decoder the known region of x_t is replaced
+by the original forward-noised to that step's level, q(x_t | x_0) = N(√ᾱ_t·x_0, (1 − ᾱ_t)·I), so
+that the model fills the unknown region in harmony with it. With ``resample`` > 0 each step is
+redone that many times after jumping back to x_t with q(x_t | x_{t−1}) (RePaint's resampling,
+jump length 1), which lets the fill agree better with the known region at the cost of
+(1 + resample)× the decoder's network calls. The mask is carried through the upsamplers: each
+of them replaces the known region of its x_t likewise (without resampling). Finally the kept
+pixels are pasted back exactly at the output side, so they come back unchanged (up to PNG
+rounding when the output side differs from the input's).
+
+The image embedding comes from the prior and the prompt (paper §2; the fill follows the text).
+Every stage samples with ancestral DDPM here, RePaint's sampler: its steps are stateless, so
+a step can be redone, which multistep solvers (DPM-Solver++) do not allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from unclip.clip import pil_to_tensor, tensor_to_pil
+from unclip.diffusion import ModelFn, Sampler
+from unclip.pipeline import DECODER, PRIOR, StageRun, StageValue, UnCLIPPipeline, check_count
+
+KEEP, REGENERATE = 255, 0  # values of a keep mask (mode "L")
+
+
+@dataclass
+class Known:
+    """The pixels to keep, at one stage's resolution."""
+
+    x0: torch.Tensor  # (1, 3, S, S) the original in [-1, 1]
+    keep: torch.Tensor  # (1, 1, S, S) 1 where the original is kept, 0 where the stage generates
+
+
+def keep_mask(image: Image.Image, mask: Image.Image | None = None) -> Image.Image:
+    """The keep mask (mode "L", 255 = keep) of an edit: pixels whose alpha in ``mask`` (or, with no
+    mask, in ``image``) is exactly 0 are regenerated, all others kept (OpenAI's edit semantics)."""
+    source, name = (image, "image") if mask is None else (mask, "mask")
+    if mask is not None and mask.size != image.size:
+        raise ValueError(f"mask: mask and image must have the same dimensions, got {mask.size[0]}x{mask.size[1]} "
+                         f"and {image.size[0]}x{image.size[1]}")
+    if "A" not in source.getbands() and "transparency" not in source.info:
+        hint = "" if mask is not None else "; pass a mask, or an image whose erased pixels are transparent"
+        raise ValueError(f"{name}: it has no alpha channel (mode {source.mode}), so nothing marks the pixels to "
+                         f"regenerate{hint}")
+    alpha = source.convert("RGBA").getchannel("A")
+    return alpha.point(lambda a: KEEP if a > 0 else REGENERATE)
+
+
+def known_at(image: Image.Image, keep: Image.Image, side: int, device) -> Known:
+    """``image`` and its keep mask at ``side``. When shrinking, a pixel counts as known only when
+    every pixel it covers is kept (area average = 1), so no regenerated pixel leaks into the known
+    region; growing uses nearest neighbours."""
+    rgb = image.convert("RGB")
+    if rgb.size != (side, side):
+        rgb = rgb.resize((side, side), Image.Resampling.BICUBIC)
+    x0 = pil_to_tensor([rgb]).to(device)  # (1, 3, S, S)
+    m = pil_to_tensor([keep.convert("RGB")])[:, :1].add(1).div(2).to(device)  # (1, 1, s, s) in {0, 1}
+    if m.shape[-1] > side:
+        m = (F.interpolate(m, size=(side, side), mode="area") > 1 - 1e-4).float()
+    elif m.shape[-1] < side:
+        m = F.interpolate(m, size=(side, side), mode="nearest")
+    return Known(x0=x0, keep=m)
+
+
+@torch.no_grad()
+def repaint_loop(model_fn: ModelFn, scheduler, x_T: torch.Tensor, known: Known, steps: int, *,
+                 noise_fn, generator=None, resample: int = 0) -> torch.Tensor:
+    """Ancestral sampling from x_T (B, C, S, S) with the known region of every x_t replaced by the
+    original noised to level t (RePaint, Alg. 1 with jump length 1). ``noise_fn(shape)`` draws
+    N(0, I); ``scheduler`` must have stateless steps (DDPM). Returns x_0 with the known region exact."""
+    scheduler.set_timesteps(steps, device=x_T.device)
+    timesteps = scheduler.timesteps
+    alphas = scheduler.alphas_cumprod.to(x_T.device, torch.float32)
+    keep = known.keep
+    x = x_T
+    for i, t in enumerate(timesteps):
+        a_t = alphas[t]
+        a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.ones_like(a_t)
+        for attempt in range(resample + 1):
+            noised = a_t.sqrt() * known.x0 + (1 - a_t).sqrt() * noise_fn(x.shape)  # q(x_t | x_0)
+            x = keep * noised + (1 - keep) * x
+            out = model_fn(x, t.reshape(1).expand(len(x)))
+            x_prev = scheduler.step(out, t, x, generator=generator).prev_sample
+            if attempt < resample:  # jump back up one step: q(x_t | x_{t-1})
+                ratio = a_t / a_prev
+                x = ratio.sqrt() * x_prev + (1 - ratio).sqrt() * noise_fn(x.shape)
+        x = x_prev
+    return keep * known.x0 + (1 - keep) * x
+
+
+def ddpm_run(run: StageRun) -> StageRun:
+    return replace(run, sampler=Sampler.ddpm)
+
+
+@torch.no_grad()
+def inpaint(pipe: UnCLIPPipeline, image: Image.Image, prompt: str, *, mask: Image.Image | None = None, n: int = 1,
+            size: int | None = None, output_side: int | None = None, steps: StageValue = None,
+            guidance: StageValue = None, resample: int = 0, seed: int | None = None,
+            generator: torch.Generator | None = None, progress: bool = True) -> list[Image.Image]:
+    """``n`` edits of a square ``image``: the pixels that ``mask``'s alpha (or, without a mask, the
+    image's own alpha) marks fully transparent are regenerated to fit ``prompt`` and the rest.
+
+    The cascade runs to ``size`` (a side this pipeline makes, default its largest); the results
+    are resized to ``output_side`` (default ``size``) and the kept pixels pasted back there from
+    the image, so they come back exactly. ``resample`` adds RePaint's resampling to the decoder.
+    """
+    prompt = pipe.check_prompts(prompt)[0]
+    check_count("n", n)
+    check_count("resample", resample, minimum=0)
+    if image.size[0] != image.size[1]:
+        raise ValueError(f"image: the image is {image.size[0]}×{image.size[1]}, not square")
+    keep = keep_mask(image, mask)
+    pipe.require(PRIOR, "inpaint")
+    pipe.require(DECODER, "inpaint")
+    size = pipe.check_size(size)
+    output_side = size if output_side is None else check_count("output_side", output_side)
+    chain = pipe.upsampler_chain(size)
+    plan = {stage: ddpm_run(run) for stage, run in pipe.plan([PRIOR, DECODER, *chain], steps, guidance).items()}
+    g = pipe.make_generator(seed, generator)
+
+    def noise_fn(shape):
+        return pipe.noise(tuple(shape), g)
+
+    text = pipe.clip.encode_text([prompt])[torch.zeros(n, dtype=torch.long, device=pipe.device)]  # (n, ...)
+    image_emb = pipe.sample_prior(text, plan[PRIOR], g, progress=progress)
+    side = pipe.decoder.cfg.sample_size
+    run = plan[DECODER]
+    fn = pipe.decoder_fn(image_emb, text, run.guidance)
+    pixels = repaint_loop(fn, run.scheduler(), noise_fn((n, 3, side, side)), known_at(image, keep, side, pipe.device),
+                          run.steps, noise_fn=noise_fn, generator=g, resample=resample).clamp(-1, 1)
+    for slot in chain:
+        pixels = _upsample_known(pipe, slot, pixels, plan[slot], image, keep, g, noise_fn)
+    return [paste_known(out, image, keep, output_side) for out in tensor_to_pil(pixels)]
+
+
+def _upsample_known(pipe: UnCLIPPipeline, slot: str, low_res: torch.Tensor, run: StageRun, image: Image.Image,
+                    keep: Image.Image, generator, noise_fn) -> torch.Tensor:
+    """One upsampler, conditioned on ``low_res`` (B, 3, s, s), with the known region imposed."""
+    net, last = pipe.upsamplers[slot], pipe.last_steps.get(slot)
+    side = net.cfg.sample_size
+    scheduler = run.scheduler()
+    scheduler.set_timesteps(run.steps)
+    final_t = int(scheduler.timesteps[-1])
+
+    def model_fn(x_t, t):
+        model = last if last is not None and int(t[0]) == final_t else net  # Karlo's last-step UNet
+        return model(x_t, t, low_res=low_res)
+
+    known = known_at(image, keep, side, pipe.device)
+    x_T = noise_fn((len(low_res), 3, side, side))
+    return repaint_loop(model_fn, scheduler, x_T, known, run.steps, noise_fn=noise_fn,
+                        generator=generator).clamp(-1, 1)
+
+
+def resize_square(image: Image.Image, side: int) -> Image.Image:
+    """``image`` at ``side`` × ``side``: Lanczos when shrinking, bicubic when growing."""
+    if image.size == (side, side):
+        return image
+    smaller = side < image.size[0]
+    return image.resize((side, side), Image.Resampling.LANCZOS if smaller else Image.Resampling.BICUBIC)
+
+
+def paste_known(generated: Image.Image, image: Image.Image, keep: Image.Image, side: int) -> Image.Image:
+    """``generated`` at ``side`` with the kept pixels of ``image`` pasted back exactly (resized to
+    ``side`` first when the sides differ; the mask by nearest neighbours, so it stays binary)."""
+    base = resize_square(generated.convert("RGB"), side)
+    original = resize_square(image.convert("RGB"), side)
+    mask = keep if keep.size == (side, side) else keep.resize((side, side), Image.Resampling.NEAREST)
+    return Image.composite(original, base, mask)

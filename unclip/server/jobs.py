@@ -1,0 +1,81 @@
+"""Turning a validated request into a ``Job`` for the worker thread, one builder per endpoint.
+
+Each builder reads its body (JSON or multipart), checks every field (400 in OpenAI's shape on the
+first bad one), and returns the job; nothing here touches the networks except CLIP's tokenizer.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from unclip.pipeline import UnCLIPPipeline
+from unclip.server.errors import APIError
+from unclip.server.params import parse_common, parse_prompt
+from unclip.server.queue import Job
+from unclip.server.uploads import file_part, has_alpha, read_form, read_json, read_png
+from unclip.server.work import Delivery, EditTask, GenerateTask, InterpolateTask, Studio, VaryTask
+
+MAX_FRAMES = 16
+
+
+class JobBuilder:
+    def __init__(self, pipeline: UnCLIPPipeline, studio: Studio, model_name: str, public_url: str | None = None):
+        self.pipeline, self.studio, self.model_name = pipeline, studio, model_name
+        self.public_url = public_url.rstrip("/") + "/" if public_url else None
+
+    def delivery(self, request: Request, common) -> Delivery:
+        return Delivery(common, self.public_url or str(request.base_url))
+
+    def prompt(self, value) -> str:
+        prompt = parse_prompt(value)
+        try:
+            return self.pipeline.check_prompts(prompt)[0]  # CLIP's token limit
+        except ValueError as err:
+            raise APIError(str(err), param="prompt", code="string_above_max_length") from None
+
+    async def generation(self, request: Request) -> Job:
+        fields = await read_json(request)
+        prompt = self.prompt(fields.get("prompt"))
+        common = parse_common(fields, self.model_name, text=False)
+        task = GenerateTask(prompt, self.delivery(request, common))
+        key = ("generate", self.studio.source_side(common.side))  # generations of one stage batch together
+        return Job(run=self.studio.generate, payload=task, key=key, weight=common.n)
+
+    async def edit(self, request: Request) -> Job:
+        fields, files = await read_form(request)
+        image = read_png(file_part(files, fields, "image"), "image")
+        prompt = self.prompt(fields.get("prompt"))
+        mask_bytes = file_part(files, fields, "mask", required=False)
+        mask = None if mask_bytes is None else read_png(mask_bytes, "mask")
+        check_edit_images(image, mask)
+        common = parse_common(fields, self.model_name, text=True)
+        task = EditTask(prompt, image, mask, self.delivery(request, common))
+        return Job(run=self.studio.edit, payload=task, weight=common.n)
+
+    async def variation(self, request: Request) -> Job:
+        fields, files = await read_form(request)
+        image = read_png(file_part(files, fields, "image"), "image")
+        common = parse_common(fields, self.model_name, text=True)
+        return Job(run=self.studio.vary, payload=VaryTask(image, self.delivery(request, common)), weight=common.n)
+
+    async def interpolation(self, request: Request) -> Job:
+        fields, files = await read_form(request)
+        image_a = read_png(file_part(files, fields, "image_a"), "image_a")
+        image_b = read_png(file_part(files, fields, "image_b"), "image_b")
+        common = parse_common(fields, self.model_name, text=True, n_name="frames", max_n=MAX_FRAMES, default_n=8)
+        task = InterpolateTask(image_a, image_b, self.delivery(request, common))
+        return Job(run=self.studio.interpolate, payload=task, weight=common.n)
+
+
+def check_edit_images(image, mask) -> None:
+    """The mask matches the image and has alpha; without a mask the image itself has alpha."""
+    if mask is not None and mask.size != image.size:
+        raise APIError(f"Invalid mask - mask and image must have the same dimensions, got "
+                       f"{mask.size[0]}x{mask.size[1]} and {image.size[0]}x{image.size[1]}.", param="mask",
+                       code="invalid_image")
+    if mask is not None and not has_alpha(mask):
+        raise APIError(f"Invalid mask - the mask must have an alpha channel (its fully transparent pixels mark "
+                       f"what to edit), got mode {mask.mode}.", param="mask", code="invalid_image")
+    if mask is None and not has_alpha(image):
+        raise APIError(f"Invalid input image - format must be in ['RGBA', 'LA'] when no mask is given (its "
+                       f"transparent pixels are the mask), got {image.mode}.", param="image", code="invalid_image")

@@ -1,0 +1,140 @@
+"""What the worker thread does for each endpoint: run the pipeline, fit the images to the
+requested size, and deliver them as URLs or base64 PNGs.
+
+Sizes: the API's sides (256, 512, 1024) map onto the cascade's stages. A request is made by the
+smallest stage whose output is at least the requested side, then shrunk (Lanczos) to it; if no
+stage is that large, by the largest stage, then grown (bicubic). So a 64/256/1024 cascade makes
+256 natively, 512 from its 1024 output shrunk, and 1024 natively; Karlo's 64/256 cascade grows
+its 256 output for 512 and 1024. Responses name the side that was generated in the
+``x-unclip-source-size`` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from unclip.inpaint import inpaint, resize_square
+from unclip.pipeline import StageValue, UnCLIPPipeline
+from unclip.server.files import ImageStore
+from unclip.server.params import Common
+
+
+@dataclass
+class Delivery:
+    """Where and how a request's images go."""
+
+    common: Common
+    base_url: str  # absolute, ends with "/": the URLs are base_url + "images/<name>"
+
+
+@dataclass
+class Result:
+    data: list[dict[str, str]]  # [{"url": ...} | {"b64_json": ...}], one per image
+    source_side: int  # the side the cascade generated before resizing
+
+
+@dataclass
+class GenerateTask:
+    prompt: str
+    delivery: Delivery
+
+
+@dataclass
+class EditTask:
+    prompt: str
+    image: Image.Image
+    mask: Image.Image | None
+    delivery: Delivery
+
+
+@dataclass
+class VaryTask:
+    image: Image.Image
+    delivery: Delivery
+
+
+@dataclass
+class InterpolateTask:
+    image_a: Image.Image
+    image_b: Image.Image
+    delivery: Delivery  # common.n is the number of frames
+
+
+class Studio:
+    """The served pipeline and its per-request settings. Every method runs on the worker thread
+    and takes a list of tasks (a batch), returning one ``Result`` per task."""
+
+    def __init__(self, pipe: UnCLIPPipeline, store: ImageStore, *, steps: StageValue = None, eta: float = 1.0,
+                 resample: int = 0):
+        self.pipe, self.store = pipe, store
+        self.steps, self.eta, self.resample = steps, eta, resample
+
+    def source_side(self, side: int) -> int:
+        sizes = self.pipe.sizes
+        if not sizes:
+            raise ValueError("missing component: the served pipeline has no decoder, so it makes no images")
+        large_enough = [s for s in sizes if s >= side]
+        return min(large_enough) if large_enough else max(sizes)
+
+    def generate(self, tasks: list[GenerateTask]) -> list[Result]:
+        """Compatible generations (same source side) in one batch: each prompt repeated n times."""
+        source = self.source_side(tasks[0].delivery.common.side)
+        prompts = [t.prompt for t in tasks for _ in range(t.delivery.common.n)]
+        images = self.pipe.generate(prompts, n=1, size=source, steps=self.steps, progress=False)
+        results, start = [], 0
+        for task in tasks:
+            count = task.delivery.common.n
+            results.append(self.deliver(images[start:start + count], task.delivery, source))
+            start += count
+        return results
+
+    def edit(self, tasks: list[EditTask]) -> list[Result]:
+        out = []
+        for task in tasks:
+            common = task.delivery.common
+            source = self.source_side(common.side)
+            images = inpaint(self.pipe, task.image, task.prompt, mask=task.mask, n=common.n, size=source,
+                             output_side=common.side, steps=self.steps, resample=self.resample, progress=False)
+            out.append(self.deliver(images, task.delivery, source))
+        return out
+
+    def vary(self, tasks: list[VaryTask]) -> list[Result]:
+        out = []
+        for task in tasks:
+            common = task.delivery.common
+            source = self.source_side(common.side)
+            images = self.pipe.variations(task.image.convert("RGB"), n=common.n, eta=self.eta, size=source,
+                                          steps=self.steps, progress=False)
+            out.append(self.deliver(images, task.delivery, source))
+        return out
+
+    def interpolate(self, tasks: list[InterpolateTask]) -> list[Result]:
+        out = []
+        for task in tasks:
+            common = task.delivery.common
+            source = self.source_side(common.side)
+            images = self.pipe.interpolate(task.image_a.convert("RGB"), task.image_b.convert("RGB"),
+                                           frames=common.n, size=source, steps=self.steps, progress=False)
+            out.append(self.deliver(images, task.delivery, source))
+        return out
+
+    def deliver(self, images: list[Image.Image], delivery: Delivery, source: int) -> Result:
+        data: list[dict[str, Any]] = []
+        for image in images:
+            png = encode_png(resize_square(image, delivery.common.side))
+            if delivery.common.response_format == "b64_json":
+                data.append({"b64_json": base64.b64encode(png).decode("ascii")})
+            else:
+                data.append({"url": f"{delivery.base_url}images/{self.store.save(png)}"})
+        return Result(data=data, source_side=source)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
