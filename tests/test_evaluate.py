@@ -1,0 +1,64 @@
+"""`unclip eval` end to end on a tiny random pipeline, and the FID math."""
+
+import json
+
+import torch
+
+from unclip.cli import main
+from unclip.evaluate import TARGETS, _get, detector_accuracy, prompt_sets
+from unclip.fid import InceptionFeatures, frechet_distance, statistics
+
+
+def test_frechet_distance_closed_forms():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    mu, sigma = statistics(a)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-8
+    shift = torch.full((6,), 2.0, dtype=torch.float64)
+    assert abs(frechet_distance(mu, sigma, mu + shift, sigma) - 24.0) < 1e-8  # ‖Δμ‖² only
+    # diagonal covariances: Σ (σ₁ − σ₂)² over dimensions
+    d1, d2 = torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64)), torch.diag(torch.tensor([9.0, 1.0],
+                                                                                                dtype=torch.float64))
+    zero = torch.zeros(2, dtype=torch.float64)
+    assert abs(frechet_distance(zero, d1, zero, d2) - ((1 - 3) ** 2 + (2 - 1) ** 2)) < 1e-8
+
+
+def test_inception_features_from_the_shipped_weights():
+    features = InceptionFeatures()
+    f = features(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert f.shape == (2, 2048) and torch.isfinite(f).all()
+
+
+def test_prompt_sets_follow_the_split():
+    sets = prompt_sets(30, seed=0)
+    held = {("purple", "star"), ("orange", "circle"), ("green", "triangle")}
+    pairs = lambda scenes: {(o.colour, o.shape) for s in scenes for o in s.objects}  # noqa: E731
+    assert pairs(sets["one_object_held_out"]) <= held
+    assert not pairs(sets["one_object_seen"]) & held and not pairs(sets["two_object"]) & held
+    assert all(s.relation is not None for s in sets["two_object"])
+    assert detector_accuracy(60, 64, seed=1)["all"] >= 0.99
+
+
+def test_eval_cli_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["eval", "--random-from", "configs/tiny", "--out", str(out), "--prompts", "2", "--fid-images", "4",
+                 "--detector-scenes", "40", "--prior-captions", "2", "--variation-images", "1",
+                 "--interpolations", "1", "--batch", "4", "--steps", "prior=1", "decoder=1", "upsampler=1"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["detector_accuracy_on_real_renders"]["64"]["all"] >= 0.99  # the gate
+    assert set(report["binding"]) == {"one_object_seen", "one_object_held_out", "two_object"}
+    assert report["binding"]["one_object_seen"]["n"] == 2
+    assert set(report["ablation_text_embedding_as_image_embedding"]) == set(report["binding"])
+    assert {"text_embedding_baseline", "prior_best_of_1", "prior_best_of_2"} <= set(report["prior"])
+    assert report["fid"]["64"] > 0  # random weights: far from the real renders
+    assert 0 <= report["variations"]["colour_and_shape"] <= 1 and report["variations"]["n"] == 4
+    for path, _ in TARGETS.values():
+        assert 0 <= _get(report, path) <= 1
+    table = (out / "report.md").read_text()
+    assert "| 64×64 | 100.0% | 40 |" in table and "prior beats the text-embedding baseline" in table
+
+
+def test_eval_cli_rejects_bad_counts(capsys):
+    assert main(["eval", "--random-from", "configs/tiny", "--prompts", "0"]) == 2
+    assert "--prompts" in capsys.readouterr().err
