@@ -144,16 +144,9 @@ def inpaint(pipe: UnCLIPPipeline, image: Image.Image, prompt: str, *, mask: Imag
 def _upsample_known(pipe: UnCLIPPipeline, slot: str, low_res: torch.Tensor, run: StageRun, image: Image.Image,
                     keep: Image.Image, generator, noise_fn) -> torch.Tensor:
     """One upsampler, conditioned on ``low_res`` (B, 3, s, s), with the known region imposed."""
-    net, last = pipe.upsamplers[slot], pipe.last_steps.get(slot)
-    side = net.cfg.sample_size
+    side = pipe.upsamplers[slot].cfg.sample_size
     scheduler = run.scheduler()
-    scheduler.set_timesteps(run.steps)
-    final_t = int(scheduler.timesteps[-1])
-
-    def model_fn(x_t, t):
-        model = last if last is not None and int(t[0]) == final_t else net  # Karlo's last-step UNet
-        return model(x_t, t, low_res=low_res)
-
+    model_fn = pipe.upsampler_fn(slot, low_res, scheduler, run.steps)
     known = known_at(image, keep, side, pipe.device)
     x_T = noise_fn((len(low_res), 3, side, side))
     return repaint_loop(model_fn, scheduler, x_T, known, run.steps, noise_fn=noise_fn,

@@ -456,20 +456,27 @@ class UnCLIPPipeline:
                  progress: bool = True) -> torch.Tensor:
         """Run the upsamplers that take ``pixels`` (B, 3, s, s) to ``size`` (no guidance)."""
         for slot in self.upsampler_chain(size):
-            run, net, last = plan[slot], self.upsamplers[slot], self.last_steps.get(slot)
-            side = net.cfg.sample_size
+            run = plan[slot]
+            side = self.upsamplers[slot].cfg.sample_size
             scheduler = run.scheduler()
-            scheduler.set_timesteps(run.steps)
-            final_t = int(scheduler.timesteps[-1])
-
-            def model_fn(x_t, t, low_res=pixels, net=net, last=last, final_t=final_t):
-                model = last if last is not None and int(t[0]) == final_t else net
-                return model(x_t, t, low_res=low_res)
-
+            model_fn = self.upsampler_fn(slot, pixels, scheduler, run.steps)
             x_T = self.noise((len(pixels), 3, side, side), generator)
             pixels = sample_loop(model_fn, scheduler, x_T, run.steps, channels=3, generator=generator,
                                  desc=slot, progress=progress).clamp(-1, 1)
         return pixels
+
+    def upsampler_fn(self, slot: str, low_res: torch.Tensor, scheduler, steps: int):
+        """Upsampler ``slot`` as ``model_fn(x_t, t)`` conditioned on ``low_res``; with ``steps``
+        steps of ``scheduler``, Karlo's last-step UNet (if loaded) takes the final one."""
+        net, last = self.upsamplers[slot], self.last_steps.get(slot)
+        scheduler.set_timesteps(steps)
+        final_t = int(scheduler.timesteps[-1])
+
+        def model_fn(x_t, t):
+            model = last if last is not None and int(t[0]) == final_t else net
+            return model(x_t, t, low_res=low_res)
+
+        return model_fn
 
     # ------------------------------------------------------------------------------------------
     # randomness
