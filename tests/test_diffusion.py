@@ -13,8 +13,10 @@ from unclip.diffusion import (
     discretized_gaussian_log_likelihood,
     guided,
     make_scheduler,
+    noised_start,
     normal_kl,
     sample_loop,
+    set_timesteps,
 )
 
 COSINE = DiffusionConfig(beta_schedule=BetaSchedule.cosine)
@@ -155,3 +157,53 @@ def test_kl_and_discretized_likelihood_basics():
 
 def test_ddim_scheduler_config_has_no_variance_handling():
     assert isinstance(make_scheduler(COSINE, Sampler.ddim), DDIMScheduler)
+
+
+def test_sampling_can_start_part_way_from_a_noised_image():
+    cfg = DiffusionConfig(variance=Variance.fixed_small, sample_start=700)
+    scheduler = make_scheduler(cfg, Sampler.ddpm)
+    assert set_timesteps(scheduler, 7, 700).tolist() == [700, 583, 467, 350, 233, 117, 0]
+    assert set_timesteps(make_scheduler(cfg, Sampler.ddpm), 7).tolist()[0] == 999  # no start: from T
+    image = torch.rand(2, 3, 8, 8) * 2 - 1
+    noise = torch.randn(2, 3, 8, 8)
+    a = make_scheduler(cfg).alphas_cumprod[700]
+    assert torch.allclose(noised_start(cfg, image, noise), a.sqrt() * image + (1 - a).sqrt() * noise)
+    assert noised_start(DiffusionConfig(), image, noise) is noise
+    # a perfect denoiser of one known image recovers it from t = 700 in a few steps
+    diffusion = GaussianDiffusion(cfg)
+
+    def oracle(x_t, t):
+        return diffusion.eps_from_x0(x_t, t, image)
+
+    x0 = sample_loop(oracle, scheduler, noised_start(cfg, image, noise), 4, start=700, progress=False)
+    assert torch.allclose(x0, image, atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler, ok", [(Sampler.ddpm, True), (Sampler.dpmpp, True), (Sampler.ddim, False)])
+def test_a_part_way_start_needs_a_scheduler_that_takes_timesteps(sampler, ok):
+    scheduler = make_scheduler(DiffusionConfig(variance=Variance.fixed_small), sampler)
+    if ok:
+        assert int(set_timesteps(scheduler, 5, 500)[0]) == 500
+    else:
+        with pytest.raises(ValueError, match="cannot start part-way"):
+            set_timesteps(scheduler, 5, 500)
+    with pytest.raises(ValueError, match="expected a timestep in 0..999"):
+        set_timesteps(make_scheduler(DiffusionConfig(), Sampler.ddpm), 5, 1000)
+
+
+def test_dpmpp_survives_an_imperfect_eps_model_at_the_end_of_the_cosine_schedule():
+    cfg = DiffusionConfig(beta_schedule=BetaSchedule.cosine)
+    diffusion = GaussianDiffusion(cfg)
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+
+    def slightly_wrong(x_t, t):  # an eps model biased by 1%: at t ≈ T its x_0 estimate is off by ~10²
+        return diffusion.eps_from_x0(x_t, t, image) + 0.01
+
+    x0 = sample_loop(slightly_wrong, make_scheduler(cfg, Sampler.dpmpp), torch.randn(image.shape, generator=g), 10,
+                     progress=False)
+    assert x0.abs().max() < 1.5 and ((x0 - image) ** 2).mean() < 0.01
+    # image stages clip x_0 to ±1 (thresholding at ratio 1); the prior's x_0 range (10) is left alone
+    assert make_scheduler(cfg, Sampler.dpmpp).config.thresholding
+    prior = DiffusionConfig(prediction=Prediction.x0, clip_sample_range=10.0)
+    assert not make_scheduler(prior, Sampler.dpmpp).config.thresholding

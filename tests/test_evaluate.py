@@ -2,7 +2,9 @@
 
 import json
 
+import numpy as np
 import torch
+from PIL import Image
 
 from unclip.cli import main
 from unclip.evaluate import TARGETS, _get, detector_accuracy, prompt_sets
@@ -43,20 +45,27 @@ def test_eval_cli_writes_the_report(tmp_path, capsys):
     out = tmp_path / "eval"
     code = main(["eval", "--random-from", "configs/tiny", "--out", str(out), "--prompts", "2", "--fid-images", "4",
                  "--detector-scenes", "40", "--prior-captions", "2", "--variation-images", "1",
-                 "--interpolations", "1", "--batch", "4", "--steps", "prior=1", "decoder=1", "upsampler=1"])
+                 "--interpolations", "1", "--batch", "4", "--steps", "prior=1", "decoder=1", "upsampler=1",
+                 "--ablation-prompts", "1", "--bf16", "--fid-sizes", "64"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["detector_accuracy_on_real_renders"]["64"]["all"] >= 0.99  # the gate
     assert set(report["binding"]) == {"one_object_seen", "one_object_held_out", "two_object"}
     assert report["binding"]["one_object_seen"]["n"] == 2
     assert set(report["ablation_text_embedding_as_image_embedding"]) == set(report["binding"])
+    assert report["ablation_text_embedding_as_image_embedding"]["two_object"]["n"] == 1
+    assert report["settings"]["bf16_autocast"] and report["sampling"]["decoder"]["steps"] == 1
     assert {"text_embedding_baseline", "prior_best_of_1", "prior_best_of_2"} <= set(report["prior"])
     assert report["fid"]["64"] > 0  # random weights: far from the real renders
     assert 0 <= report["variations"]["colour_and_shape"] <= 1 and report["variations"]["n"] == 4
     for path, _ in TARGETS.values():
         assert 0 <= _get(report, path) <= 1
     table = (out / "report.md").read_text()
+    assert "decoder ddpm 1 steps" in table and "bfloat16 autocast" in table
     assert "| 64×64 | 100.0% | 40 |" in table and "prior beats the text-embedding baseline" in table
+    sheet = Image.open(out / "samples.png")  # 8 captioned 128×128 tiles, 4 per row, text under each
+    assert sheet.width == 4 * 128 and sheet.height > 2 * 128
+    assert np.asarray(sheet.convert("L"))[128:140].min() < 100  # caption ink under the first row
 
 
 def test_eval_cli_rejects_bad_counts(capsys):

@@ -110,3 +110,17 @@ def test_upsampler_overfits_one_batch(schedule):
     first, last = overfit(up, lambda g: upsampler_loss(up, diffusion, high_res=high, low_res=low, generator=g),
                           steps=80, lr=2e-3)
     assert last < first / 10
+
+
+def test_offset_noise_adds_one_value_per_image_and_channel():
+    from unclip.losses import _noised
+
+    diffusion = GaussianDiffusion(DiffusionConfig())
+    x0 = torch.zeros(64, 3, 16, 16)
+    _, plain, _ = _noised(diffusion, x0, torch.Generator().manual_seed(0))
+    _, offset, _ = _noised(diffusion, x0, torch.Generator().manual_seed(0), offset=0.5)
+    per_channel_mean = offset.mean((2, 3))
+    assert plain.mean((2, 3)).std() < 0.1  # plain noise: image means ≈ N(0, 1/256)
+    assert 0.4 < per_channel_mean.std() < 0.6  # offset: the means spread with std ≈ 0.5
+    shift = offset - plain  # same draws: the difference is one constant per image and channel
+    assert shift.std((2, 3)).max() < 1e-6 and 0.4 < shift[:, :, 0, 0].std() < 0.6

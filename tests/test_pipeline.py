@@ -60,9 +60,12 @@ def test_generate_is_reproducible_from_a_seed(tiny_pipeline):
     assert not np.array_equal(run(5), run(6))
 
 
-def test_default_size_is_the_largest(tiny_pipeline):
+def test_default_size_is_the_largest_up_to_256(tiny_pipeline):
     images = tiny_pipeline.generate("a red circle", steps=FAST, seed=0, progress=False)
-    assert images[0].size == (128, 128)
+    assert images[0].size == (128, 128)  # the tiny cascade's largest
+    sizes = lambda s: type("P", (), {"sizes": s})()
+    assert UnCLIPPipeline.default_size.fget(sizes([64, 256, 1024])) == 256  # 1024 only when asked for
+    assert UnCLIPPipeline.default_size.fget(sizes([64])) == 64
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp", {"decoder": "dpmpp", "upsampler": "ddim"}])
@@ -355,3 +358,34 @@ def test_text_diff_frames(tiny_pipeline, photos):
             p.text_diff(photos["chelsea"], "a cat", "a dog", thetas=bad)
     with pytest.raises(ValueError, match="to_text: "):
         p.text_diff(photos["chelsea"], "a cat", "")
+
+
+def test_upsampler_with_a_sample_start_begins_from_the_noised_conditioning():
+    from dataclasses import replace
+
+    from unclip.degradations import upsample_condition
+    from unclip.diffusion import GaussianDiffusion
+
+    pipe = UnCLIPPipeline.from_configs(TINY_CONFIGS, seed=0)
+    slot = "upsampler_256"
+    sampling = pipe.sampling[slot]
+    pipe.sampling[slot] = replace(sampling, diffusion=replace(sampling.diffusion, sample_start=500))
+    side = pipe.upsamplers[slot].cfg.sample_size
+    low = torch.rand(2, 3, pipe.sizes[0], pipe.sizes[0]) * 2 - 1
+    cond = upsample_condition(low, side)
+    diffusion = GaussianDiffusion(pipe.sampling[slot].diffusion)
+    calls = []
+
+    def oracle(x_t, t, *, low_res):  # a perfect denoiser whose answer is the conditioning itself
+        calls.append((int(t[0]), x_t.clone()))
+        return diffusion.eps_from_x0(x_t, t, upsample_condition(low_res, x_t.shape[-1]))
+
+    pipe.upsamplers[slot].forward = oracle
+    plan = pipe.plan(pipe.upsampler_chain(pipe.sizes[1]), steps={"upsampler": 3})
+    out = pipe.upsample(low, pipe.sizes[1], plan, torch.Generator().manual_seed(0), progress=False)
+    assert [t for t, _ in calls] == [500, 250, 0]
+    first = calls[0][1]
+    a = diffusion.alphas_cumprod[500].item()
+    residual = first - a**0.5 * cond  # x_500 = sqrt(ᾱ)·cond + sqrt(1 − ᾱ)·noise
+    assert abs(residual.std().item() - (1 - a) ** 0.5) < 0.05 and abs(residual.mean().item()) < 0.05
+    assert torch.allclose(out, cond, atol=1e-3)

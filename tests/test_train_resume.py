@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,14 @@ def test_resume_refuses_a_changed_model_config(tmp_path, capsys):
     assert cli(train_args("decoder", tmp_path, "--resume", "decoder.layers_per_block=2")) == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "decoder.layers_per_block (checkpoint 1, now 2)" in err
+
+
+def test_resume_may_change_the_sampling_defaults_and_exports_them(tmp_path):
+    assert cli(train_args("decoder", tmp_path, f"training.steps={K}")) == 0
+    assert cli(train_args("decoder", tmp_path, "--resume", "diffusion.guidance_scale=1.5",
+                          "diffusion.sample_steps=9")) == 0
+    exported = json.loads((tmp_path / "export/decoder/config.json").read_text())["diffusion"]
+    assert exported["guidance_scale"] == 1.5 and exported["sample_steps"] == 9
 
 
 def test_resume_without_a_checkpoint_starts_fresh_and_more_steps_continue(tmp_path):

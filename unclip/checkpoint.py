@@ -38,10 +38,17 @@ def component_name(module: nn.Module) -> str:
     raise TypeError(f"not a unclip component: {type(module).__name__}")
 
 
+def is_matrix(tensor: torch.Tensor) -> bool:
+    """Two or more dimensions longer than one: weight matrices, kernels, embedding tables (what
+    fp16 export casts; vectors such as biases, norms and the prior's statistics stay as they are)."""
+    return sum(d > 1 for d in tensor.shape) >= 2
+
+
 def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | None = None,
                    extra: dict | None = None) -> Path:
-    """Write ``module`` (its config and weights) to ``folder``; ``dtype`` casts floating weights
-    (e.g. torch.float16 for shipped checkpoints); ``extra`` adds keys to config.json, e.g. the
+    """Write ``module`` (its config and weights) to ``folder``; ``dtype`` casts the floating weight
+    matrices and kernels (e.g. torch.float16 for shipped checkpoints) while 1-D tensors (biases,
+    norms, the prior's embedding statistics; see ``is_matrix``) keep their precision at a negligible cost in bytes; ``extra`` adds keys to config.json, e.g. the
     stage's ``diffusion`` settings that the pipeline samples with. Written to a temporary name,
     then renamed."""
     folder = Path(folder)
@@ -49,7 +56,8 @@ def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | N
     state = {}
     for key, value in module.state_dict().items():
         value = value.detach().cpu().contiguous()
-        state[key] = value.to(dtype) if dtype is not None and value.is_floating_point() else value
+        cast = dtype is not None and value.is_floating_point() and is_matrix(value)
+        state[key] = value.to(dtype) if cast else value
     tmp = folder / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(folder / WEIGHTS_NAME)

@@ -148,6 +148,9 @@ class DiffusionConfig:
     sample_steps: int = 25  # default sampling steps of this stage
     clip_sample_range: float = 1.0  # x0 clamp while sampling (prior: 10 in standardised space, as Karlo)
     guidance_scale: float = 1.0  # default classifier-free guidance (1 = none)
+    # Upsamplers: start sampling at this training timestep from the bicubic-upsampled conditioning
+    # noised to it (as SDEdit), not from pure noise at T; None = from pure noise (Karlo, the paper).
+    sample_start: int | None = None
 
 
 @dataclass
@@ -172,6 +175,11 @@ class TrainingConfig:
     log_every: int = 10
     num_workers: int = 0
     clip_checkpoint: str | None = None  # frozen CLIP for prior/decoder: our clip/ folder (None: clip section)
+    # Decoder: std of offset noise (one value per image and channel added to the training noise).
+    # 0 = the paper's plain noise. With eps prediction the first sampling step (t = T, SNR ≈ 0)
+    # cannot estimate x_0, so x_t's mean colour is wrong; offset noise teaches the network not
+    # to trust that mean at high t, so flat black or white backgrounds come out right.
+    offset_noise: float = 0.0
 
 
 @dataclass

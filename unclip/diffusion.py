@@ -9,6 +9,7 @@ x0 MSE) and improved-DDPM's hybrid loss (MSE + λ·VLB) for learned variance (Ni
 from __future__ import annotations
 
 import enum
+import inspect
 import math
 from typing import Callable
 
@@ -59,8 +60,17 @@ def make_scheduler(cfg: DiffusionConfig, sampler: Sampler = Sampler.ddpm):
         return DDIMScheduler(**common, **ddim_betas, **clip, set_alpha_to_one=True)
     if sampler is Sampler.dpmpp:
         learned = "learned_range" if cfg.variance is Variance.learned else None
+        # eps models at t ≈ T (cosine: ᾱ ≈ 2e-9) give x_0 estimates amplified ~10⁴×; DDPM clips them
+        # to the data range, DPM-Solver++ does the same only with thresholding (ratio 1 = a plain
+        # clip to ±1 for image data), and it skips the last λ < −5.1 of the cosine schedule as
+        # diffusers advises. Without both, its samples are noise.
+        clipped = cfg.prediction is Prediction.eps and cfg.clip_sample_range == 1.0
+        cosine = cfg.beta_schedule is BetaSchedule.cosine
         return DPMSolverMultistepScheduler(**common, **betas, algorithm_type="dpmsolver++",
-                                           solver_order=2, variance_type=learned, lower_order_final=True)
+                                           solver_order=2, variance_type=learned, lower_order_final=True,
+                                           thresholding=clipped, dynamic_thresholding_ratio=1.0,
+                                           sample_max_value=cfg.clip_sample_range,
+                                           lambda_min_clipped=-5.1 if cosine else -float("inf"))
     if cfg.beta_schedule is not BetaSchedule.cosine:
         raise ValueError("the 'unclip' sampler supports only the cosine schedule; use ddpm, ddim or dpmpp")
     return UnCLIPScheduler(**common, **clip, variance_type=cfg.variance.value)
@@ -238,17 +248,45 @@ def _handles_learned_variance(scheduler) -> bool:
 
 
 @torch.no_grad()
+def set_timesteps(scheduler, steps: int, start: int | None = None, device=None) -> torch.Tensor:
+    """Give ``scheduler`` ``steps`` timesteps: its own spacing from T, or, with ``start``, evenly
+    spaced from ``start`` down to 0 (for a sample that starts from a noised image, see
+    ``DiffusionConfig.sample_start``). Returns the timesteps."""
+    if start is None:
+        scheduler.set_timesteps(steps, device=device)
+        return scheduler.timesteps
+    if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+        raise ValueError(f"sample_start: the {type(scheduler).__name__} cannot start part-way; use the ddpm or "
+                         "dpmpp sampler")
+    last = scheduler.config.num_train_timesteps - 1
+    if not 0 <= start <= last:
+        raise ValueError(f"sample_start: expected a timestep in 0..{last}, got {start}")
+    ts = torch.linspace(start, 0, min(steps, start + 1)).round().long()
+    scheduler.set_timesteps(timesteps=ts.tolist(), device=device)
+    return scheduler.timesteps
+
+
+def noised_start(cfg: DiffusionConfig, image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x at ``cfg.sample_start``: ``image`` noised by q(x_t | x_0), or ``noise`` itself (pure noise
+    at T) when the stage starts from T."""
+    if cfg.sample_start is None:
+        return noise
+    a = make_scheduler(cfg).alphas_cumprod[cfg.sample_start].to(image.device, image.dtype)
+    return a.sqrt() * image + (1 - a).sqrt() * noise
+
+
 def sample_loop(model_fn: ModelFn, scheduler, x_T: torch.Tensor, steps: int, *, channels: int | None = None,
                 generator: torch.Generator | None = None, eta: float = 0.0, desc: str | None = None,
-                progress: bool = True) -> torch.Tensor:
+                progress: bool = True, start: int | None = None) -> torch.Tensor:
     """Run ``scheduler`` from x_T for ``steps`` steps; returns x_0 (or x_T for an inverse scheduler).
 
     ``channels`` is the data's channel count; model outputs with more channels carry a learned
-    variance, which is dropped for schedulers that cannot use it.
+    variance, which is dropped for schedulers that cannot use it. ``start`` begins at that
+    timestep instead of T (x_T must then be noised to it; see ``noised_start``).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    scheduler.set_timesteps(steps, device=x_T.device)
+    set_timesteps(scheduler, steps, start, device=x_T.device)
     timesteps = scheduler.timesteps
     x = x_T * getattr(scheduler, "init_noise_sigma", 1.0)
     for i, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, leave=False)):

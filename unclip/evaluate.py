@@ -23,16 +23,29 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from unclip.clip import pil_to_tensor
+from unclip.clip import pil_to_tensor, tensor_to_pil
 from unclip.data.shapes import HELD_OUT_PAIRS, PAIR_POOLS, POSITIONS, SIZES, Scene, sample_scene, scene_from_attributes
 from unclip.detector import detect, score
 
 BACKGROUND_NAMES = ("white", "black", "gray")
+# The captioned sample sheet: four seen pairs, two held-out pairs (green triangle, orange circle;
+# see HELD_OUT_PAIRS) and two two-object prompts, in the evaluation templates.
+SHEET_PROMPTS = (
+    "a large red circle in the top left on a white background",
+    "a small blue square in the center on a black background",
+    "a large yellow star in the bottom right on a gray background",
+    "a small purple triangle in the top right on a white background",
+    "a large green triangle in the bottom left on a black background",
+    "a large orange circle in the center on a white background",
+    "a red square left of a blue circle on a white background",
+    "a yellow triangle above a green star on a black background",
+)
 
 
 @dataclass
 class EvalSettings:
     prompts: int = 200  # prompts per binding category
+    ablation_prompts: int | None = None  # the first this many of each category for the §5.1 ablation (None: all)
     fid_images: int = 1000  # generated and real images per FID figure
     fid_sizes: tuple[int, ...] = (64, 256)  # output sides to measure FID at (those the pipeline makes)
     detector_scenes: int = 500  # real renders for the detector's own accuracy
@@ -109,7 +122,6 @@ def generate_side(pipe, captions: list[str], side: int, settings: EvalSettings, 
                   source: str = "prior") -> list[Image.Image]:
     if source == "prior":
         return pipe.generate(captions, size=side, steps=settings.steps, seed=seed, progress=False)
-    from unclip.clip import tensor_to_pil
     from unclip.pipeline import DECODER
 
     plan = pipe.plan([DECODER], steps=settings.steps)
@@ -139,17 +151,28 @@ def prior_quality(pipe, settings: EvalSettings) -> dict[str, float]:
     return {**out, "n": len(scenes)}
 
 
-def fid(pipe, side: int, settings: EvalSettings, features: Callable) -> float:
+def fid(pipe, sides: list[int], settings: EvalSettings, features: Callable) -> dict[str, float]:
+    """FID at each side in ``sides`` against real renders of the same captions. One cascade run
+    serves every side: the decoder's images are scored, then upsampled and scored again."""
     from unclip.fid import frechet_distance, statistics
+    from unclip.pipeline import DECODER, PRIOR
 
     rng = random.Random(f"eval-fid:{settings.seed}")
     scenes = [sample_scene(rng, pairs="train") for _ in range(settings.fid_images)]
-    real, fake = [], []
-    for i, chunk in in_batches(scenes, settings.batch, f"FID {side}"):
-        real.append(features(pil_to_tensor([s.render(side) for s in chunk])))
-        images = generate_side(pipe, [s.caption for s in chunk], side, settings, seed=settings.seed + 10_000 + i)
-        fake.append(features(pil_to_tensor(images)))
-    return frechet_distance(*statistics(torch.cat(real)), *statistics(torch.cat(fake)))
+    plan = pipe.plan([PRIOR, DECODER, *pipe.upsampler_chain(max(sides))], steps=settings.steps)
+    real: dict[int, list] = {s: [] for s in sides}
+    fake: dict[int, list] = {s: [] for s in sides}
+    for i, chunk in in_batches(scenes, settings.batch, f"FID {'/'.join(map(str, sides))}"):
+        g = pipe.make_generator(settings.seed + 10_000 + i, None)
+        text = pipe.clip.encode_text([s.caption for s in chunk])
+        pixels = pipe.decode(pipe.sample_prior(text, plan[PRIOR], g, progress=False), text, plan[DECODER], g,
+                             progress=False)
+        for side in sides:
+            out = pipe.upsample(pixels, side, plan, g, progress=False)
+            real[side].append(features(pil_to_tensor([s.render(side) for s in chunk])))
+            fake[side].append(features(pil_to_tensor(tensor_to_pil(out))))
+    return {str(side): frechet_distance(*statistics(torch.cat(real[side])), *statistics(torch.cat(fake[side])))
+            for side in sides}
 
 
 def variation_keep_rate(pipe, settings: EvalSettings) -> dict[str, float]:
@@ -195,21 +218,34 @@ def interpolation_monotonic(pipe, settings: EvalSettings) -> dict[str, float]:
 
 def run_eval(pipe, settings: EvalSettings, *, fid_features: Callable | None = None) -> dict:
     """All figures as a JSON-ready dict."""
+    from unclip.pipeline import STAGES
+
     report: dict = {"settings": asdict(settings), "sizes": pipe.sizes}
+    present = [stage for stage in STAGES if pipe.component(stage) is not None]
+    report["sampling"] = {stage: {"sampler": run.sampler.value, "steps": run.steps, "guidance": run.guidance,
+                                  "sample_start": run.diffusion.sample_start}
+                          for stage, run in pipe.plan(present, steps=settings.steps).items()}
     report["detector_accuracy_on_real_renders"] = {
         str(r): detector_accuracy(settings.detector_scenes, r, settings.seed) for r in (pipe.sizes[0], 64)}
     sets = prompt_sets(settings.prompts, settings.seed)
     report["binding"] = {name: binding(pipe, scenes, settings) for name, scenes in sets.items()}
     report["ablation_text_embedding_as_image_embedding"] = {
-        name: binding(pipe, scenes, settings, source="text") for name, scenes in sets.items()}
+        name: binding(pipe, scenes[: settings.ablation_prompts], settings, source="text") for name, scenes in sets.items()}
     report["prior"] = prior_quality(pipe, settings)
     sizes = [s for s in settings.fid_sizes if s in pipe.sizes]
     if sizes and settings.fid_images > 1:
         features = fid_features or _inception()
-        report["fid"] = {str(s): fid(pipe, s, settings, features) for s in sizes}
+        report["fid"] = fid(pipe, sizes, settings, features)
     report["variations"] = variation_keep_rate(pipe, settings)
     report["interpolations"] = interpolation_monotonic(pipe, settings)
     return report
+
+
+def _describe_sampling(report: dict) -> str:
+    stages = report.get("sampling", {})
+    return ", ".join(f"{stage} {s['sampler']} {s['steps']} steps" + (f" guidance {s['guidance']:g}" if s["guidance"] != 1
+                                                                       else "")
+                     for stage, s in stages.items()) or "the checkpoint's defaults"
 
 
 def _inception():
@@ -235,7 +271,10 @@ def _get(report: dict, path: tuple[str, ...]):
 def markdown(report: dict) -> str:
     """The report as Markdown tables."""
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
-    lines = ["| detector on real renders | accuracy | n |", "|---|---|---|"]
+    st = report["settings"]
+    lines = [f"Sampling: {_describe_sampling(report)}; seed {st['seed']}"
+             f"{'; bfloat16 autocast' if st.get('bf16_autocast') else ''}.", ""]
+    lines += ["| detector on real renders | accuracy | n |", "|---|---|---|"]
     lines += [f"| {side}×{side} | {pct(r['all'])} | {r['n']} |"
               for side, r in report["detector_accuracy_on_real_renders"].items()]
     lines += ["", "| prompts | z_i from | colour | shape | position | all | n |", "|---|---|---|---|---|---|---|"]

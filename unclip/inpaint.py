@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from unclip.clip import pil_to_tensor, tensor_to_pil
-from unclip.diffusion import ModelFn, Sampler
+from unclip.degradations import upsample_condition
+from unclip.diffusion import ModelFn, Sampler, noised_start, set_timesteps
 from unclip.pipeline import DECODER, PRIOR, StageRun, StageValue, UnCLIPPipeline, check_count
 
 KEEP, REGENERATE = 255, 0  # values of a keep mask (mode "L")
@@ -72,12 +73,12 @@ def known_at(image: Image.Image, keep: Image.Image, side: int, device) -> Known:
 
 @torch.no_grad()
 def repaint_loop(model_fn: ModelFn, scheduler, x_T: torch.Tensor, known: Known, steps: int, *,
-                 noise_fn, generator=None, resample: int = 0) -> torch.Tensor:
+                 noise_fn, generator=None, resample: int = 0, start: int | None = None) -> torch.Tensor:
     """Ancestral sampling from x_T (B, C, S, S) with the known region of every x_t replaced by the
     original noised to level t (RePaint, Alg. 1 with jump length 1). ``noise_fn(shape)`` draws
-    N(0, I); ``scheduler`` must have stateless steps (DDPM). Returns x_0 with the known region exact."""
-    scheduler.set_timesteps(steps, device=x_T.device)
-    timesteps = scheduler.timesteps
+    N(0, I); ``scheduler`` must have stateless steps (DDPM); ``start`` as in ``sample_loop``.
+    Returns x_0 with the known region exact."""
+    timesteps = set_timesteps(scheduler, steps, start, device=x_T.device)
     alphas = scheduler.alphas_cumprod.to(x_T.device, torch.float32)
     keep = known.keep
     x = x_T
@@ -146,11 +147,11 @@ def _upsample_known(pipe: UnCLIPPipeline, slot: str, low_res: torch.Tensor, run:
     """One upsampler, conditioned on ``low_res`` (B, 3, s, s), with the known region imposed."""
     side = pipe.upsamplers[slot].cfg.sample_size
     scheduler = run.scheduler()
-    model_fn = pipe.upsampler_fn(slot, low_res, scheduler, run.steps)
+    model_fn = pipe.upsampler_fn(slot, low_res, scheduler, run)
     known = known_at(image, keep, side, pipe.device)
-    x_T = noise_fn((len(low_res), 3, side, side))
-    return repaint_loop(model_fn, scheduler, x_T, known, run.steps, noise_fn=noise_fn,
-                        generator=generator).clamp(-1, 1)
+    x_T = noised_start(run.diffusion, upsample_condition(low_res, side), noise_fn((len(low_res), 3, side, side)))
+    return repaint_loop(model_fn, scheduler, x_T, known, run.steps, noise_fn=noise_fn, generator=generator,
+                        start=run.diffusion.sample_start).clamp(-1, 1)
 
 
 def resize_square(image: Image.Image, side: int) -> Image.Image:

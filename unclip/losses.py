@@ -31,9 +31,14 @@ def replace_text(text: TextEncoding, empty: TextEncoding, drop: torch.Tensor) ->
     )
 
 
-def _noised(diffusion: GaussianDiffusion, x0: torch.Tensor, generator=None):
+def _noised(diffusion: GaussianDiffusion, x0: torch.Tensor, generator=None, offset: float = 0.0):
+    """Timesteps, noise and x_t for a batch. ``offset`` adds offset noise to images (B, C, H, W):
+    one N(0, offset²) value per image and channel, so that x_t's mean colour stops being a
+    reliable cue at high t and the network learns it from its conditioning instead."""
     t = diffusion.sample_timesteps(len(x0), x0.device, generator)
     noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+    if offset:
+        noise = noise + offset * torch.randn(*x0.shape[:2], 1, 1, device=x0.device, generator=generator, dtype=x0.dtype)
     return t, noise, diffusion.q_sample(x0, t, noise)
 
 
@@ -49,15 +54,16 @@ def prior_loss(prior: Prior, diffusion: GaussianDiffusion, *, image_emb: torch.T
 
 
 def decoder_loss(decoder: Decoder, diffusion: GaussianDiffusion, *, images: torch.Tensor,
-                 image_emb: torch.Tensor, text: TextEncoding, empty: TextEncoding,
+                 image_emb: torch.Tensor, text: TextEncoding, empty: TextEncoding, offset_noise: float = 0.0,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Paper §2.1: eps MSE (+ λ·VLB for the learned variance). z_i → learned null with p=image_drop,
-    text → the empty caption's encodings with p=text_drop, drawn independently."""
+    text → the empty caption's encodings with p=text_drop, drawn independently. ``offset_noise``:
+    see ``_noised`` (0, the paper's plain noise, by default)."""
     b, cfg = len(images), decoder.cfg
     drop_image = drop_mask(b, cfg.image_drop, images.device, generator)
     image_emb = torch.where(drop_image[:, None], decoder.text_proj.null_image_emb(b).to(image_emb.dtype), image_emb)
     text = replace_text(text, empty, drop_mask(b, cfg.text_drop, images.device, generator))
-    t, noise, x_t = _noised(diffusion, images, generator)
+    t, noise, x_t = _noised(diffusion, images, generator, offset_noise)
     out = decoder(x_t, t, image_emb=image_emb, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
     return diffusion.loss(out, images, x_t, t, noise)
 

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from unclip.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    is_matrix,
     load_clip,
     load_component,
     read_component_config,
@@ -52,7 +53,8 @@ from unclip.config import (
     to_dict,
 )
 from unclip.decoder import Decoder
-from unclip.diffusion import Sampler, guided, make_scheduler, sample_loop
+from unclip.degradations import upsample_condition
+from unclip.diffusion import Sampler, guided, make_scheduler, noised_start, sample_loop, set_timesteps
 from unclip.prior import Prior
 from unclip.upsampler import Upsampler
 
@@ -60,6 +62,7 @@ PRIOR, DECODER = "prior", "decoder"
 UPSAMPLERS = ("upsampler_256", "upsampler_1024")  # slots, in cascade order (tiny configs: 32→64→128)
 STAGES = (PRIOR, DECODER, *UPSAMPLERS)
 PIPELINE_FILE = "pipeline.json"
+DEFAULT_MAX_SIZE = 256  # default output side: the largest the pipeline makes up to this
 LAST_STEP_SUFFIX = "_last"  # Karlo's "improved SR": a separate UNet for an upsampler's final step
 
 ImageInput = Image.Image | str | os.PathLike
@@ -211,7 +214,7 @@ class UnCLIPPipeline:
                 for n in UPSAMPLERS if n in modules and _is_component(root / (n + LAST_STEP_SUFFIX))}
         sampling = {}
         for stage in modules:
-            stored = meta.get("stages", {}).get(stage) or _component_diffusion(root / stage)
+            stored = meta.get("stages", {}).get(stage) or component_diffusion(root / stage)
             if stored is not None:
                 sampling[stage] = from_dict(StageSampling, stored, where=f"{root / PIPELINE_FILE}:{stage}")
         upsamplers = {n: modules[n] for n in UPSAMPLERS if n in modules}
@@ -227,27 +230,29 @@ class UnCLIPPipeline:
 
         return load_karlo(path, clip, device=device)
 
-    def save_pretrained(self, path: str | Path) -> Path:
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write the pipeline folder: one sub-folder per component, ``text_proj/`` (a mirror of the
-        decoder's TextProj in diffusers' layout; ``decoder/`` is what loads) and ``pipeline.json``."""
+        decoder's TextProj in diffusers' layout; ``decoder/`` is what loads) and ``pipeline.json``.
+        ``dtype`` (e.g. torch.float16) casts the weight matrices; 1-D tensors keep their precision."""
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
-        save_component(self.clip, root / "clip")
+        save_component(self.clip, root / "clip", dtype)
         components = ["clip"]
         for stage in STAGES:
             module = self.component(stage)
             if module is not None:
-                save_component(module, root / stage)
+                save_component(module, root / stage, dtype)
                 components.append(stage)
         for stage, module in self.last_steps.items():
-            save_component(module, root / (stage + LAST_STEP_SUFFIX))
+            save_component(module, root / (stage + LAST_STEP_SUFFIX), dtype)
         if self.decoder is not None:
             text_proj = root / "text_proj"
             text_proj.mkdir(exist_ok=True)
             proj = self.decoder.text_proj
             config = {"_class_name": "UnCLIPTextProjModel", **proj.config()}
             (text_proj / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-            save_file({k: v.detach().cpu().contiguous() for k, v in proj.state_dict().items()},
+            save_file({k: v.detach().cpu().to(dtype if dtype and is_matrix(v) else v.dtype).contiguous()
+                       for k, v in proj.state_dict().items()},
                       str(text_proj / WEIGHTS_NAME))
         meta = {"format": "unclip-pipeline", "version": 1, "components": components,
                 "stages": {s: to_dict(self.sampling[s]) for s in components if s in STAGES}}
@@ -286,6 +291,12 @@ class UnCLIPPipeline:
                 break  # a 1024 stage without the 256 stage cannot be reached
             sizes.append(self.upsamplers[slot].cfg.sample_size)
         return sizes
+
+    @property
+    def default_size(self) -> int:
+        """The side made when none is asked for: the largest up to ``DEFAULT_MAX_SIZE`` (256), as
+        the 256→1024 stage costs minutes per image on a CPU; ask for 1024 with ``size=1024``."""
+        return max([s for s in self.sizes if s <= DEFAULT_MAX_SIZE] or self.sizes[:1])
 
     def _check_widths(self) -> None:
         d, length = self.clip.embed_dim, int(self.clip.model.context_length)
@@ -330,7 +341,7 @@ class UnCLIPPipeline:
         if not self.sizes:
             raise ValueError("missing component: this pipeline has no decoder/, so it makes no images")
         if size is None:
-            return self.sizes[-1]
+            return self.default_size
         if size not in self.sizes:
             raise ValueError(f"size: {size} is not supported by this pipeline; it makes "
                              f"{', '.join(map(str, self.sizes))}")
@@ -375,7 +386,7 @@ class UnCLIPPipeline:
                  steps: StageValue = None, guidance: StageValue = None, sampler: StageValue = None,
                  seed: int | None = None, generator: torch.Generator | None = None, prior_candidates: int = 2,
                  return_embeddings: bool = False, progress: bool = True) -> list[Image.Image] | Generation:
-        """``n`` images per prompt at side ``size`` (default: the largest this pipeline makes).
+        """``n`` images per prompt at side ``size`` (default: ``default_size``, at most 256).
 
         ``steps``, ``guidance`` and ``sampler`` override the stage defaults (see ``plan``), e.g.
         ``steps={"prior": 25, "decoder": 50}``, ``guidance={"decoder": 3}``, ``sampler="dpmpp"``.
@@ -459,18 +470,19 @@ class UnCLIPPipeline:
             run = plan[slot]
             side = self.upsamplers[slot].cfg.sample_size
             scheduler = run.scheduler()
-            model_fn = self.upsampler_fn(slot, pixels, scheduler, run.steps)
-            x_T = self.noise((len(pixels), 3, side, side), generator)
+            model_fn = self.upsampler_fn(slot, pixels, scheduler, run)
+            start = run.diffusion.sample_start
+            x_T = noised_start(run.diffusion, upsample_condition(pixels, side), self.noise((len(pixels), 3, side, side),
+                                                                                         generator))
             pixels = sample_loop(model_fn, scheduler, x_T, run.steps, channels=3, generator=generator,
-                                 desc=slot, progress=progress).clamp(-1, 1)
+                                 desc=slot, progress=progress, start=start).clamp(-1, 1)
         return pixels
 
-    def upsampler_fn(self, slot: str, low_res: torch.Tensor, scheduler, steps: int):
-        """Upsampler ``slot`` as ``model_fn(x_t, t)`` conditioned on ``low_res``; with ``steps``
-        steps of ``scheduler``, Karlo's last-step UNet (if loaded) takes the final one."""
+    def upsampler_fn(self, slot: str, low_res: torch.Tensor, scheduler, run: StageRun):
+        """Upsampler ``slot`` as ``model_fn(x_t, t)`` conditioned on ``low_res``; sampled with
+        ``run`` on ``scheduler``, Karlo's last-step UNet (if loaded) takes the final step."""
         net, last = self.upsamplers[slot], self.last_steps.get(slot)
-        scheduler.set_timesteps(steps)
-        final_t = int(scheduler.timesteps[-1])
+        final_t = int(set_timesteps(scheduler, run.steps, run.diffusion.sample_start)[-1])
 
         def model_fn(x_t, t):
             model = last if last is not None and int(t[0]) == final_t else net
@@ -568,7 +580,7 @@ def _is_component(folder: Path) -> bool:
     return path.is_file() and "component" in json.loads(path.read_text())
 
 
-def _component_diffusion(folder: Path) -> dict | None:
+def component_diffusion(folder: Path) -> dict | None:
     """A component's own sampling defaults, if its config.json carries a ``diffusion`` section
     (``{"component", "config", "diffusion": {...}, "sampler": ...}``)."""
     meta = json.loads((folder / CONFIG_NAME).read_text())

@@ -124,11 +124,15 @@ def load_optimizer_states(resume: ResumeState, optimizer, scheduler, scaler) -> 
     set_rng_states(torch.load(resume.folder / "rng.pt", weights_only=False))  # our own file
 
 
+# How a stage samples by default; training never reads them, so a resumed run may change them.
+SAMPLING_KEYS = ("diffusion.sample_steps", "diffusion.guidance_scale", "diffusion.sample_start")
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ, outside the sections a resumed run may change."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
-        if not prefix and key in RESUMABLE_SECTIONS:
+        if (not prefix and key in RESUMABLE_SECTIONS) or f"{prefix}{key}" in SAMPLING_KEYS:
             continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -143,5 +147,6 @@ def check_compatible(resume: ResumeState, current: dict[str, Any]) -> None:
     if diffs:
         raise ValueError(
             f"cannot resume from {resume.folder}: the config differs from the checkpoint's in "
-            f"{'; '.join(diffs)}. Model and diffusion settings must match (training and data may change)."
+            f"{'; '.join(diffs)}. Model and diffusion settings must match (training, data and the sampling defaults "
+            f"diffusion.sample_steps, guidance_scale and sample_start may change)."
         )

@@ -11,24 +11,16 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DModel
 from torch import nn
 
 from unclip.config import UpsamplerConfig
+from unclip.degradations import upsample_condition
 
 
 def norm_groups(channels: tuple[int, ...]) -> int:
     """GroupNorm groups: 32 (ADM's choice) unless a narrow tiny model needs fewer."""
     return math.gcd(32, *channels)
-
-
-def upsample_condition(low_res: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, s, s) in [-1, 1] → (B, 3, size, size): bicubic with antialias, clamped (as Karlo)."""
-    if low_res.shape[-1] == size:
-        return low_res
-    up = F.interpolate(low_res.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    return up.clamp(-1, 1).to(low_res.dtype)
 
 
 class Upsampler(nn.Module):

@@ -22,7 +22,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, guidance_stages: str) -> None:
-    parser.add_argument("--size", type=int, help="output side; default: the largest the pipeline makes")
+    parser.add_argument("--size", type=int, help="output side; default: the largest the pipeline makes up to 256 (pass --size 1024 for 1024)")
     parser.add_argument("--steps", nargs="+", type=_stage_value(int), metavar="[STAGE=]N",
                         help="sampling steps: N for every stage, or STAGE=N (stages: prior, decoder, upsampler, "
                              "upsampler_256, upsampler_1024)")
@@ -98,16 +98,27 @@ def save_images(images, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def save_grid(images, path: Path, columns: int | None = None) -> Path:
-    """All images on one sheet, ``columns`` per row (default: as square as possible)."""
-    from PIL import Image
+def save_grid(images, path: Path, columns: int | None = None, captions: list[str] | None = None) -> Path:
+    """All images on one sheet, ``columns`` per row (default: as square as possible), each with
+    its caption (wrapped) under it when ``captions`` are given."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
 
     columns = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     w, h = images[0].size
-    sheet = Image.new("RGB", (columns * w, rows * h), "white")
+    font = ImageFont.load_default(size=max(10, w // 18)) if captions else None
+    lines = [textwrap.wrap(c, width=max(12, int(w / (0.55 * font.size)))) for c in captions] if captions else []
+    line_h = int(font.size * 1.25) if captions else 0
+    band = line_h * max(map(len, lines), default=0) + (line_h // 2 if captions else 0)
+    sheet = Image.new("RGB", (columns * w, rows * (h + band)), "white")
+    draw = ImageDraw.Draw(sheet)
     for i, image in enumerate(images):
-        sheet.paste(image, ((i % columns) * w, (i // columns) * h))
+        x, y = (i % columns) * w, (i // columns) * (h + band)
+        sheet.paste(image, (x, y))
+        for j, line in enumerate(lines[i] if captions else []):
+            draw.text((x + 4, y + h + 2 + j * line_h), line, fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path

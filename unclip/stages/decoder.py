@@ -43,7 +43,8 @@ def build(cfg: DecoderStageConfig, ctx: StageContext) -> StageTask:
     def loss(decoder, batch):
         images = batch["image"]  # (B, 3, S, S) in [-1, 1]
         return decoder_loss(decoder, diffusion, images=images, image_emb=clip.encode_image(images),
-                            text=clip.encode_text(batch["caption"]), empty=empty)
+                            text=clip.encode_text(batch["caption"]), empty=empty,
+                            offset_noise=cfg.training.offset_noise)
 
     images, captions = held_out_shapes(cfg.decoder.sample_size, SAMPLE_COUNT)
 

@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from unclip.checkpoint import save_component
 from unclip.config import UpsamplerStageConfig, to_dict
 from unclip.data import build_dataset
-from unclip.degradations import upsampler_pair
-from unclip.diffusion import GaussianDiffusion, Sampler, make_scheduler, sample_loop
+from unclip.degradations import upsample_condition, upsampler_pair
+from unclip.diffusion import GaussianDiffusion, Sampler, make_scheduler, noised_start, sample_loop
 from unclip.losses import upsampler_loss
 from unclip.models import build_stage_model
 from unclip.stages import StageContext, StageTask, held_out_shapes, save_grid, step_png
-from unclip.upsampler import upsample_condition
 
 SAMPLE_COUNT = 2  # fixed held-out images in each sample grid
 EXPORT_NAMES = ("upsampler_256", "upsampler_1024")
@@ -48,15 +47,18 @@ def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
 
     @torch.no_grad()
     def sample(upsampler, step: int, output: Path) -> dict[str, float]:
-        """Rows: bicubic-upsampled clean low-res input, the upsampler's output, the target."""
+        """Rows: bicubic-upsampled clean low-res input, the upsampler's output (ancestral sampling as the
+        pipeline does it), the target; logs the output's MSE to the target."""
         target = images.to(ctx.device)
         low = F.interpolate(target, size=(up.low_res_size, up.low_res_size), mode="area")
         g = torch.Generator(ctx.device).manual_seed(0)
-        x_T = torch.randn(target.shape, generator=g, device=ctx.device)
-        x0 = sample_loop(lambda x_t, t: upsampler(x_t, t, low_res=low), make_scheduler(cfg.diffusion, Sampler.ddim),
-                         x_T, cfg.diffusion.sample_steps, channels=3, generator=g, progress=False)
-        save_grid([upsample_condition(low, up.sample_size), x0, target], step_png(output, step))
-        return {}
+        cond = upsample_condition(low, up.sample_size)
+        x_T = noised_start(cfg.diffusion, cond, torch.randn(target.shape, generator=g, device=ctx.device))
+        x0 = sample_loop(lambda x_t, t: upsampler(x_t, t, low_res=low), make_scheduler(cfg.diffusion, Sampler.ddpm),
+                         x_T, cfg.diffusion.sample_steps, channels=3, generator=g, progress=False,
+                         start=cfg.diffusion.sample_start).clamp(-1, 1)
+        save_grid([cond, x0, target], step_png(output, step))
+        return {"upsampler/sample_mse": F.mse_loss(x0, target).item()}
 
     def export(upsampler, folder: Path) -> None:
         save_component(upsampler, folder / export_name(cfg, ctx.config_path),

@@ -1,0 +1,59 @@
+"""Assembling separately trained stage exports into one (fp16) pipeline folder."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unclip.assemble import assemble, find_exports
+from unclip.checkpoint import is_matrix, save_component
+from unclip.pipeline import UnCLIPPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_runs(pipe: UnCLIPPipeline, root: Path, decoder_clip=None) -> Path:
+    """A runs root laid out as training leaves it: <part>/export/<part>/, CLIP copies beside the prior and decoder."""
+    save_component(pipe.clip, root / "clip" / "export" / "clip")
+    save_component(pipe.prior, root / "prior" / "export" / "prior")
+    save_component(pipe.clip, root / "prior" / "export" / "clip")
+    save_component(pipe.decoder, root / "decoder" / "export" / "decoder")
+    save_component(decoder_clip or pipe.clip, root / "decoder" / "export" / "clip")
+    for slot, module in pipe.upsamplers.items():
+        save_component(module, root / slot / "export" / slot)
+    return root
+
+
+def test_assembled_fp16_pipeline_keeps_buffers_and_generates_like_the_original(tiny_pipeline, tmp_path):
+    runs = write_runs(tiny_pipeline, tmp_path / "runs")
+    parts = find_exports(runs)
+    assert set(parts) == {"clip", "prior", "decoder", *tiny_pipeline.upsamplers}
+    out = assemble(parts, tmp_path / "packed", torch.float16)
+
+    prior_state = load_file(str(out / "prior" / "model.safetensors"))
+    stats = [k for k in prior_state if k.endswith(("clip_mean", "clip_std"))]
+    assert len(stats) == 2 and all(prior_state[k].dtype == torch.float32 for k in stats)
+    matrices = [k for k, v in tiny_pipeline.prior.state_dict().items() if is_matrix(v) and k in prior_state]
+    assert matrices and all(prior_state[k].dtype == torch.float16 for k in matrices)
+
+    packed = UnCLIPPipeline.from_pretrained(out)
+    assert packed.sizes == tiny_pipeline.sizes
+    a = torch.tensor(list(tiny_pipeline.generate("a red circle", size=32, steps=3, seed=1, progress=False)[0].getdata()))
+    b = torch.tensor(list(packed.generate("a red circle", size=32, steps=3, seed=1, progress=False)[0].getdata()))
+    assert (a - b).abs().float().mean() < 2.0  # fp16 rounding moves a pixel by at most a few levels on average
+
+
+def test_stages_trained_on_another_clip_are_refused(tiny_pipeline, tmp_path):
+    other = UnCLIPPipeline.from_configs(ROOT / "configs" / "tiny", seed=7).clip
+    runs = write_runs(tiny_pipeline, tmp_path / "runs", decoder_clip=other)
+    with pytest.raises(ValueError, match="trained on the CLIP in"):
+        assemble(find_exports(runs), tmp_path / "packed")
+
+
+def test_assemble_script_reports_a_missing_runs_root(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "train" / "assemble.py"), "--runs", str(tmp_path / "nope"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 2 and "no exports under" in done.stderr and "Traceback" not in done.stderr
