@@ -389,3 +389,11 @@ def test_upsampler_with_a_sample_start_begins_from_the_noised_conditioning():
     residual = first - a**0.5 * cond  # x_500 = sqrt(ᾱ)·cond + sqrt(1 − ᾱ)·noise
     assert abs(residual.std().item() - (1 - a) ** 0.5) < 0.05 and abs(residual.mean().item()) < 0.05
     assert torch.allclose(out, cond, atol=1e-3)
+
+
+def test_upsample_continues_from_an_earlier_stages_output(tiny_pipeline):
+    plan = tiny_pipeline.plan(tiny_pipeline.upsampler_chain(128), steps={"upsampler": 2})
+    at_64 = torch.rand(1, 3, 64, 64) * 2 - 1
+    assert tiny_pipeline.upsample(at_64, 64, plan, torch.Generator().manual_seed(0), progress=False) is at_64
+    out = tiny_pipeline.upsample(at_64, 128, plan, torch.Generator().manual_seed(0), progress=False)
+    assert out.shape[-1] == 128  # only the 64→128 stage ran on the 64-side input

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from unclip.checkpoint import CONFIG_NAME, load_component
-from unclip.config import from_dict
-from unclip.pipeline import DECODER, PRIOR, UPSAMPLERS, StageSampling, UnCLIPPipeline, component_diffusion
+from unclip.pipeline import DECODER, PRIOR, UPSAMPLERS, UnCLIPPipeline, stored_sampling
 
 PARTS = ("clip", PRIOR, DECODER, *UPSAMPLERS)
 
@@ -46,11 +45,7 @@ def assemble(parts: dict[str, Path], out: str | Path, dtype: torch.dtype | None 
             raise ValueError(f"assemble: {parts[stage]} was trained on the CLIP in {beside}, "
                              f"which differs from {parts['clip']}")
     modules = {part: load_component(path) for part, path in parts.items() if part != "clip"}
-    sampling = {}
-    for part in modules:
-        stored = component_diffusion(parts[part])
-        if stored is not None:
-            sampling[part] = from_dict(StageSampling, stored, where=str(parts[part] / CONFIG_NAME))
+    sampling = {part: found for part in modules if (found := stored_sampling(parts[part])) is not None}
     pipe = UnCLIPPipeline(clip, modules.get(PRIOR), modules.get(DECODER),
                           {slot: modules[slot] for slot in UPSAMPLERS if slot in modules}, sampling)
     return pipe.save_pretrained(out, dtype=dtype)

@@ -48,8 +48,9 @@ def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | N
                    extra: dict | None = None) -> Path:
     """Write ``module`` (its config and weights) to ``folder``; ``dtype`` casts the floating weight
     matrices and kernels (e.g. torch.float16 for shipped checkpoints) while 1-D tensors (biases,
-    norms, the prior's embedding statistics; see ``is_matrix``) keep their precision at a negligible cost in bytes; ``extra`` adds keys to config.json, e.g. the
-    stage's ``diffusion`` settings that the pipeline samples with. Written to a temporary name,
+    norms, the prior's embedding statistics; see ``is_matrix``) keep their precision at a negligible
+    cost in bytes; ``extra`` adds keys to config.json, e.g. the stage's ``diffusion`` settings that
+    the pipeline samples with. Written to a temporary name,
     then renamed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,3 +102,17 @@ def load_clip(cfg: ClipConfig, device: str | torch.device = "cpu") -> ClipEncode
     if cfg.pretrained:
         load_open_clip_weights(encoder.model, cfg.pretrained)
     return encoder.to(device).eval()
+
+
+def is_component(folder: Path) -> bool:
+    """A folder written by ``save_component`` (diffusers' own config.json has no "component")."""
+    path = folder / CONFIG_NAME
+    return path.is_file() and "component" in json.loads(path.read_text())
+
+
+def load_expected(folder: Path, kind: str) -> nn.Module:
+    """``load_component`` that first checks the folder holds a ``kind`` (clip, prior, …)."""
+    name, _ = read_component_config(folder)
+    if name != kind:
+        raise ValueError(f"{folder}: holds a {name}, expected a {kind}")
+    return load_component(folder)  # on the CPU in float32

@@ -167,10 +167,10 @@ def fid(pipe, sides: list[int], settings: EvalSettings, features: Callable) -> d
         text = pipe.clip.encode_text([s.caption for s in chunk])
         pixels = pipe.decode(pipe.sample_prior(text, plan[PRIOR], g, progress=False), text, plan[DECODER], g,
                              progress=False)
-        for side in sides:
-            out = pipe.upsample(pixels, side, plan, g, progress=False)
+        for side in sorted(sides):  # each upsampler runs once: 64 → 256 → 1024
+            pixels = pipe.upsample(pixels, side, plan, g, progress=False)
             real[side].append(features(pil_to_tensor([s.render(side) for s in chunk])))
-            fake[side].append(features(pil_to_tensor(tensor_to_pil(out))))
+            fake[side].append(features(pil_to_tensor(tensor_to_pil(pixels))))
     return {str(side): frechet_distance(*statistics(torch.cat(real[side])), *statistics(torch.cat(fake[side])))
             for side in sides}
 

@@ -34,10 +34,10 @@ from safetensors.torch import save_file
 from unclip.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    is_component,
     is_matrix,
     load_clip,
-    load_component,
-    read_component_config,
+    load_expected,
     save_component,
 )
 from unclip.clip import ClipEncoder, TextEncoding, tensor_to_pil
@@ -195,7 +195,7 @@ class UnCLIPPipeline:
             raise FileNotFoundError(f"pipeline folder not found: {root}")
         meta = json.loads((root / PIPELINE_FILE).read_text()) if (root / PIPELINE_FILE).is_file() else {}
         listed = meta.get("components")
-        names = [n for n in ("clip", *STAGES) if _is_component(root / n) and (listed is None or n in listed)]
+        names = [n for n in ("clip", *STAGES) if is_component(root / n) and (listed is None or n in listed)]
         if not names:
             karlo = (root / "super_res_first").is_dir() or (root / "model_index.json").is_file()
             hint = (" It looks like a diffusers (Karlo) folder: load it with UnCLIPPipeline.from_karlo(path, clip=...)."
@@ -205,18 +205,18 @@ class UnCLIPPipeline:
         if clip is not None:
             encoder = load_clip(clip, device)
         elif "clip" in names:
-            encoder = _load_expected(root / "clip", "clip")
+            encoder = load_expected(root / "clip", "clip")
         else:
             raise ValueError(f"missing component: {root} has no clip/ sub-folder; pass clip=ClipConfig(...) naming "
                              "the CLIP the prior and decoder were trained with")
-        modules = {n: _load_expected(root / n, "upsampler" if n in UPSAMPLERS else n) for n in STAGES if n in names}
-        last = {n: _load_expected(root / (n + LAST_STEP_SUFFIX), "upsampler")
-                for n in UPSAMPLERS if n in modules and _is_component(root / (n + LAST_STEP_SUFFIX))}
+        modules = {n: load_expected(root / n, "upsampler" if n in UPSAMPLERS else n) for n in STAGES if n in names}
+        last = {n: load_expected(root / (n + LAST_STEP_SUFFIX), "upsampler")
+                for n in UPSAMPLERS if n in modules and is_component(root / (n + LAST_STEP_SUFFIX))}
         sampling = {}
         for stage in modules:
-            stored = meta.get("stages", {}).get(stage) or component_diffusion(root / stage)
-            if stored is not None:
-                sampling[stage] = from_dict(StageSampling, stored, where=f"{root / PIPELINE_FILE}:{stage}")
+            found = stored_sampling(root / stage, meta.get("stages", {}).get(stage), f"{root / PIPELINE_FILE}:{stage}")
+            if found is not None:
+                sampling[stage] = found
         upsamplers = {n: modules[n] for n in UPSAMPLERS if n in modules}
         pipe = cls(encoder, modules.get(PRIOR), modules.get(DECODER), upsamplers, sampling, last)
         return pipe.to(device)
@@ -465,17 +465,19 @@ class UnCLIPPipeline:
     @torch.no_grad()
     def upsample(self, pixels: torch.Tensor, size: int, plan: Mapping[str, StageRun], generator, *,
                  progress: bool = True) -> torch.Tensor:
-        """Run the upsamplers that take ``pixels`` (B, 3, s, s) to ``size`` (no guidance)."""
+        """Run the upsamplers that take ``pixels`` (B, 3, s, s; the decoder's output or an earlier
+        stage's) to ``size`` (no guidance); stages at or below side s are skipped."""
         for slot in self.upsampler_chain(size):
             run = plan[slot]
             side = self.upsamplers[slot].cfg.sample_size
+            if side <= pixels.shape[-1]:
+                continue
             scheduler = run.scheduler()
             model_fn = self.upsampler_fn(slot, pixels, scheduler, run)
-            start = run.diffusion.sample_start
-            x_T = noised_start(run.diffusion, upsample_condition(pixels, side), self.noise((len(pixels), 3, side, side),
-                                                                                         generator))
+            noise = self.noise((len(pixels), 3, side, side), generator)
+            x_T = noised_start(run.diffusion, upsample_condition(pixels, side), noise)
             pixels = sample_loop(model_fn, scheduler, x_T, run.steps, channels=3, generator=generator,
-                                 desc=slot, progress=progress, start=start).clamp(-1, 1)
+                                 desc=slot, progress=progress, start=run.diffusion.sample_start).clamp(-1, 1)
         return pixels
 
     def upsampler_fn(self, slot: str, low_res: torch.Tensor, scheduler, run: StageRun):
@@ -567,26 +569,16 @@ def _pick(value: StageValue, name: str, stage: str, default: Any, scalar: bool =
     return value if scalar else default
 
 
-def _load_expected(folder: Path, kind: str) -> torch.nn.Module:
-    name, _ = read_component_config(folder)
-    if name != kind:
-        raise ValueError(f"{folder}: holds a {name}, expected a {kind}")
-    return load_component(folder)  # on the CPU in float32; the pipeline moves as a whole
-
-
-def _is_component(folder: Path) -> bool:
-    """A folder written by ``save_component`` (diffusers' own config.json has no "component")."""
-    path = folder / CONFIG_NAME
-    return path.is_file() and "component" in json.loads(path.read_text())
-
-
-def component_diffusion(folder: Path) -> dict | None:
-    """A component's own sampling defaults, if its config.json carries a ``diffusion`` section
-    (``{"component", "config", "diffusion": {...}, "sampler": ...}``)."""
-    meta = json.loads((folder / CONFIG_NAME).read_text())
-    if "diffusion" not in meta:
-        return None
-    return {"diffusion": meta["diffusion"], **({"sampler": meta["sampler"]} if "sampler" in meta else {})}
+def stored_sampling(folder: Path, stored: dict | None = None, where: str | None = None) -> StageSampling | None:
+    """A stage's sampling defaults: ``stored`` (from ``pipeline.json``, named ``where`` in errors)
+    if given, else the ``diffusion`` (and ``sampler``) its component's config.json carries, else None."""
+    where = where or f"{folder / CONFIG_NAME}"
+    if stored is None:
+        meta = json.loads((folder / CONFIG_NAME).read_text())
+        if "diffusion" not in meta:
+            return None
+        stored = {"diffusion": meta["diffusion"], **({"sampler": meta["sampler"]} if "sampler" in meta else {})}
+    return from_dict(StageSampling, stored, where=where)
 
 
 def load_image(image: ImageInput, name: str = "image") -> Image.Image:

@@ -69,12 +69,11 @@ def run(args: argparse.Namespace) -> int:
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         report = run_eval(pipe, settings)
         report["settings"]["bf16_autocast"] = args.bf16
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    table = markdown(report)
-    (args.out / "report.md").write_text(table)
-    print(table)
-    with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(report, indent=2))
+        table = markdown(report)
+        (args.out / "report.md").write_text(table)
+        print(table)
         grid = sample_sheet(pipe, args.out / "samples.png", seed=args.seed, steps=settings.steps)
     print(f"wrote {args.out / 'report.json'}, {args.out / 'report.md'} and {grid}")
     return 0
