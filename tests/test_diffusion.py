@@ -207,3 +207,30 @@ def test_dpmpp_survives_an_imperfect_eps_model_at_the_end_of_the_cosine_schedule
     assert make_scheduler(cfg, Sampler.dpmpp).config.thresholding
     prior = DiffusionConfig(prediction=Prediction.x0, clip_sample_range=10.0)
     assert not make_scheduler(prior, Sampler.dpmpp).config.thresholding
+
+
+def test_v_prediction_targets_v_and_every_sampler_recovers_an_image_from_an_oracle():
+    cfg = DiffusionConfig(beta_schedule=BetaSchedule.cosine, prediction=Prediction.v, variance=Variance.learned)
+    d = GaussianDiffusion(cfg)
+    x0, eps, t = torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8), torch.tensor([3, 999])
+    x_t = d.q_sample(x0, t, eps)
+    v = d.v_target(x0, t, eps)
+    assert torch.allclose(v[1], -x0[1], atol=1e-3)  # at t = T, v is −x_0: the image itself is the target
+    assert torch.allclose(d.x0_from_prediction(x_t, t, v), x0, atol=1e-4)
+    zero_var = -torch.ones_like(x0)
+    assert d.loss(torch.cat([v, zero_var], 1), x0, x_t, t, eps)["mse"] < 1e-10
+    assert d.loss(torch.cat([eps, zero_var], 1), x0, x_t, t, eps)["mse"] > 0.1  # eps is not v
+
+    def oracle(x_t, t):  # the v of the one known image, plus the variance channels
+        t = t.expand(len(x_t)) if t.dim() else t.reshape(1).expand(len(x_t))
+        a = d.alphas_cumprod[t].float().reshape(-1, 1, 1, 1)
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        return torch.cat([a.sqrt() * eps - (1 - a).sqrt() * x0, torch.zeros_like(x0)], 1)
+
+    for sampler in (Sampler.ddpm, Sampler.ddim, Sampler.dpmpp):
+        g = torch.Generator().manual_seed(0)
+        out = sample_loop(oracle, make_scheduler(cfg, sampler), torch.randn(x0.shape, generator=g), 10,
+                          channels=3, generator=g, progress=False)
+        assert (out - x0).abs().max() < 0.02, sampler
+    with pytest.raises(ValueError, match="does not support v prediction"):
+        make_scheduler(cfg, Sampler.unclip)

@@ -154,3 +154,28 @@ def test_upsampler_has_no_attention():
 def test_decoder_rejects_heads_that_do_not_divide_the_channels():
     with pytest.raises(ValueError, match="attention_head_dim"):
         Decoder(DecoderConfig(block_out_channels=(32, 60), attention_resolutions=(), attention_head_dim=8))
+
+
+def test_decoder_coordinates_load_plain_weights_and_then_see_position():
+    from unclip.decoder import coordinate_maps
+
+    torch.manual_seed(0)
+    plain = Decoder(DecoderConfig()).eval()
+    placed = Decoder(DecoderConfig(coordinates=True)).eval()
+    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["unet.conv_in.position.weight"] and unexpected == []
+    x, t, e = torch.randn(B, 3, 32, 32), torch.tensor([5, 900]), torch.randn(B, D)
+    with torch.no_grad():
+        # zero-initialised: the same network as before, so fine-tuning starts where training stopped
+        assert torch.equal(placed(x, t, image_emb=e, **text_inputs()), plain(x, t, image_emb=e, **text_inputs()))
+        maps = coordinate_maps(x)
+        assert maps.shape == (B, 2, 32, 32)
+        assert maps[0, :, 0, 0].tolist() == [-1, -1] and maps[0, :, -1, -1].tolist() == [1, 1]  # x, y at top left, bottom right
+        assert maps[0, 0, 5, 31] == 1 and maps[0, 1, 31, 5] == 1  # x grows to the right, y downwards
+        # a flat input gives the same first features everywhere, unless the position conv is used
+        flat = torch.zeros(1, 3, 32, 32)
+        conv = placed.unet.conv_in
+        assert torch.allclose(conv(flat)[..., 8:24, 8:24], conv(flat)[..., 8, 8, None, None].expand(-1, -1, 16, 16))
+        conv.position.weight.normal_(0, 0.1)
+        inner = conv(flat)[..., 8:24, 8:24]
+        assert not torch.allclose(inner[..., :, :8], inner[..., :, 8:])

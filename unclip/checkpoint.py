@@ -91,6 +91,26 @@ def load_component(folder: str | Path, device: str | torch.device = "cpu",
     return module.to(device=device, dtype=dtype).eval()
 
 
+def init_weights(module: nn.Module, folder: str | Path) -> list[str]:
+    """Load a component folder's weights into ``module`` for fine-tuning; parameters the folder
+    lacks (e.g. a part added by a config option) keep their values and are returned by name.
+    A different component, an unknown parameter or a shape mismatch is an error."""
+    name, _ = read_component_config(folder)
+    if name != component_name(module):
+        raise ValueError(f"training.init_from={folder} holds a {name}, this run trains a {component_name(module)}")
+    weights = Path(folder) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
+    own, loaded = module.state_dict(), load_file(str(weights))
+    unknown = sorted(set(loaded) - set(own))
+    wrong = sorted(k for k in set(loaded) & set(own) if loaded[k].shape != own[k].shape)
+    if unknown or wrong:
+        raise ValueError(f"training.init_from={folder} does not fit this run's {name}: "
+                         f"unknown parameters {unknown[:5]}, different shapes {wrong[:5]}")
+    module.load_state_dict(loaded, strict=False)  # cast to the module's dtype
+    return sorted(set(own) - set(loaded))
+
+
 def load_clip(cfg: ClipConfig, device: str | torch.device = "cpu") -> ClipEncoder:
     """A frozen CLIP from a config: ``pretrained`` may be our ``clip/`` folder or an open_clip
     weights file; with no ``pretrained`` the weights are random (tests, or a CLIP to be trained)."""

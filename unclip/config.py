@@ -43,6 +43,7 @@ class BetaSchedule(str, enum.Enum):
 class Prediction(str, enum.Enum):
     eps = "epsilon"
     x0 = "sample"
+    v = "v_prediction"  # v = sqrt(ᾱ)·eps − sqrt(1 − ᾱ)·x_0 (Salimans & Ho 2022); not in the paper
 
 
 class Variance(str, enum.Enum):
@@ -122,6 +123,7 @@ class DecoderConfig:
     vlb_weight: float = 0.001  # λ of improved-DDPM's hybrid loss
     image_drop: float = 0.1  # p(image embedding → learned null)
     text_drop: float = 0.5  # p(text → the empty caption's encodings), independent of image_drop
+    coordinates: bool = False  # feed (x, y) coordinate maps to the first conv (not in the paper)
 
 
 @dataclass
@@ -180,6 +182,10 @@ class TrainingConfig:
     # cannot estimate x_0, so x_t's mean colour is wrong; offset noise teaches the network not
     # to trust that mean at high t, so flat black or white backgrounds come out right.
     offset_noise: float = 0.0
+    # Fresh runs start from the weights of this component folder (an export such as
+    # checkpoints/shapes/decoder, or a run's export/<stage>): fine-tuning. Parameters the folder
+    # lacks keep their initial values; any other mismatch is an error.
+    init_from: str | None = None
 
 
 @dataclass

@@ -60,11 +60,11 @@ def make_scheduler(cfg: DiffusionConfig, sampler: Sampler = Sampler.ddpm):
         return DDIMScheduler(**common, **ddim_betas, **clip, set_alpha_to_one=True)
     if sampler is Sampler.dpmpp:
         learned = "learned_range" if cfg.variance is Variance.learned else None
-        # eps models at t ≈ T (cosine: ᾱ ≈ 2e-9) give x_0 estimates amplified ~10⁴×; DDPM clips them
-        # to the data range, DPM-Solver++ does the same only with thresholding (ratio 1 = a plain
+        # eps image models at t ≈ T (cosine: ᾱ ≈ 2e-9) give x_0 estimates amplified ~10⁴× (v
+        # models, slightly off ones); DDPM clips them to the data range, DPM-Solver++ does the same only with thresholding (ratio 1 = a plain
         # clip to ±1 for image data), and it skips the last λ < −5.1 of the cosine schedule as
         # diffusers advises. Without both, its samples are noise.
-        clipped = cfg.prediction is Prediction.eps and cfg.clip_sample_range == 1.0
+        clipped = cfg.prediction is not Prediction.x0 and cfg.clip_sample_range == 1.0
         cosine = cfg.beta_schedule is BetaSchedule.cosine
         return DPMSolverMultistepScheduler(**common, **betas, algorithm_type="dpmsolver++",
                                            solver_order=2, variance_type=learned, lower_order_final=True,
@@ -73,6 +73,8 @@ def make_scheduler(cfg: DiffusionConfig, sampler: Sampler = Sampler.ddpm):
                                            lambda_min_clipped=-5.1 if cosine else -float("inf"))
     if cfg.beta_schedule is not BetaSchedule.cosine:
         raise ValueError("the 'unclip' sampler supports only the cosine schedule; use ddpm, ddim or dpmpp")
+    if cfg.prediction is Prediction.v:
+        raise ValueError("the 'unclip' sampler does not support v prediction; use ddpm, ddim or dpmpp")
     return UnCLIPScheduler(**common, **clip, variance_type=cfg.variance.value)
 
 
@@ -125,6 +127,20 @@ class GaussianDiffusion:
         a = self._at(self.alphas_cumprod, t, x_t)
         return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
+    def v_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(ᾱ_t)·eps − sqrt(1 − ᾱ_t)·x_0."""
+        a = self._at(self.alphas_cumprod, t, x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def x0_from_prediction(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """x_0 implied by the network's output under the stage's parameterisation."""
+        if self.cfg.prediction is Prediction.x0:
+            return pred
+        if self.cfg.prediction is Prediction.eps:
+            return self.x0_from_eps(x_t, t, pred)
+        a = self._at(self.alphas_cumprod, t, x_t)
+        return a.sqrt() * x_t - (1 - a).sqrt() * pred
+
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean and log variance of q(x_{t-1} | x_t, x_0)."""
         mean = self._at(self.posterior_coef0, t, x_t) * x0 + self._at(self.posterior_coef_t, t, x_t) * x_t
@@ -144,13 +160,17 @@ class GaussianDiffusion:
              noise: torch.Tensor) -> dict[str, torch.Tensor]:
         """The stage's training loss for one batch: ``{"loss", "mse"[, "vlb"]}`` (scalars).
 
-        eps prediction: MSE to the noise; x0 prediction: MSE to x_0 (the prior, paper §2.2).
+        eps prediction: MSE to the noise; x0 prediction: MSE to x_0 (the prior, paper §2.2);
+        v prediction: MSE to v (at t ≈ T that is x_0 itself, so the global colour must come from
+        the conditioning, where eps prediction barely penalises it).
         Learned variance: channels beyond x_0's are the variance interpolation v, trained by the
         VLB term only (the mean is detached there), weighted λ·T as in improved-DDPM.
         """
         channels = x0.shape[1]
         pred = model_out[:, :channels]
-        target = noise if self.cfg.prediction is Prediction.eps else x0
+        target = {Prediction.eps: noise, Prediction.x0: x0}.get(self.cfg.prediction)
+        if target is None:
+            target = self.v_target(x0.float(), t, noise.float())
         mse = mean_flat((pred.float() - target.float()) ** 2)
         out = {"mse": mse.mean()}
         if self.cfg.variance is Variance.learned and model_out.shape[1] > channels:
@@ -167,7 +187,7 @@ class GaussianDiffusion:
         """Per-sample VLB term L_t in bits/dim: KL(q ‖ p) for t > 0, decoder NLL at t = 0."""
         channels = x0.shape[1]
         pred, v = model_out[:, :channels].float(), model_out[:, channels:].float()
-        x0_pred = pred if self.cfg.prediction is Prediction.x0 else self.x0_from_eps(x_t.float(), t, pred)
+        x0_pred = self.x0_from_prediction(x_t.float(), t, pred)
         mean, _ = self.q_posterior(x0_pred, x_t.float(), t)
         log_var = self.learned_log_variance(v, t)
         true_mean, true_log_var = self.q_posterior(x0.float(), x_t.float(), t)
@@ -244,6 +264,8 @@ def _step_kwargs(scheduler, timesteps, i: int, generator, eta: float) -> dict:
 def _handles_learned_variance(scheduler) -> bool:
     if isinstance(scheduler, (DDIMScheduler, DDIMInverseScheduler)):
         return False  # DDIM's step does not strip variance channels (reference §3.7)
+    if isinstance(scheduler, DPMSolverMultistepScheduler):
+        return False  # it only discards them, and not for v prediction (diffusers 0.3x)
     return True
 
 

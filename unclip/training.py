@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from unclip import train_checkpoint as ckpt
 from unclip.batches import batch_stream
+from unclip.checkpoint import init_weights
 from unclip.config import Precision, StageConfig, TrainingConfig, save_yaml, to_dict
 from unclip.ema import EMA
 from unclip.stages import StageContext, StageTask, build_task
@@ -145,6 +146,10 @@ class _Run:
         self.model = task.model.to(accelerator.device)
         if state is None and task.init is not None:
             task.init(self.model)
+        if state is None and tc.init_from:
+            fresh = init_weights(self.model, tc.init_from)
+            if fresh and accelerator.is_main_process:
+                print(f"{task.name}: started from {tc.init_from}; new parameters: {', '.join(fresh)}")
         self.ema = EMA(self.model, tc.ema_decay)
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=tc.lr,
                                       betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
