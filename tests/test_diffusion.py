@@ -12,6 +12,7 @@ from unclip.diffusion import (
     Sampler,
     discretized_gaussian_log_likelihood,
     guided,
+    inverse_scheduler,
     make_scheduler,
     noised_start,
     normal_kl,
@@ -234,3 +235,12 @@ def test_v_prediction_targets_v_and_every_sampler_recovers_an_image_from_an_orac
         assert (out - x0).abs().max() < 0.02, sampler
     with pytest.raises(ValueError, match="does not support v prediction"):
         make_scheduler(cfg, Sampler.unclip)
+
+
+def test_ddim_starts_at_t_for_v_models_and_one_stride_below_for_eps_models():
+    v = DiffusionConfig(beta_schedule=BetaSchedule.cosine, prediction=Prediction.v)
+    for cfg, first in ((v, 999), (COSINE, 900)):
+        assert set_timesteps(make_scheduler(cfg, Sampler.ddim), 10).tolist()[0] == first
+        inverse = inverse_scheduler(cfg)
+        inverse.set_timesteps(10)
+        assert int(inverse.timesteps[-1]) == first  # inversion ends where decoding starts

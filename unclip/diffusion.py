@@ -54,9 +54,9 @@ def make_scheduler(cfg: DiffusionConfig, sampler: Sampler = Sampler.ddpm):
     if sampler is Sampler.ddpm:
         return DDPMScheduler(**common, **betas, **clip, variance_type=cfg.variance.value)
     if sampler is Sampler.ddim:
-        # DDIM's step always moves t → t − T//n, so only the stride grid ("leading", guided-diffusion's
-        # "ddimN" respacing) is self-consistent; it is also the grid DDIMInverseScheduler walks back up
-        ddim_betas = dict(betas, timestep_spacing="leading")
+        # DDIM's step always moves t → t − T//n, so only stride grids are self-consistent; it is also
+        # the grid DDIMInverseScheduler walks back up (see ``ddim_spacing``)
+        ddim_betas = dict(betas, timestep_spacing=ddim_spacing(cfg))
         return DDIMScheduler(**common, **ddim_betas, **clip, set_alpha_to_one=True)
     if sampler is Sampler.dpmpp:
         learned = "learned_range" if cfg.variance is Variance.learned else None
@@ -84,7 +84,15 @@ def inverse_scheduler(cfg: DiffusionConfig) -> DDIMInverseScheduler:
     (DDIMInverseScheduler supports only "leading" and "trailing" spacing)."""
     return DDIMInverseScheduler(num_train_timesteps=cfg.num_train_timesteps,
                                 beta_schedule=cfg.beta_schedule.value, prediction_type=cfg.prediction.value,
-                                timestep_spacing="leading", set_alpha_to_one=True, clip_sample=False)
+                                timestep_spacing=ddim_spacing(cfg), set_alpha_to_one=True, clip_sample=False)
+
+
+def ddim_spacing(cfg: DiffusionConfig) -> str:
+    """DDIM's stride grid: "trailing" (999, 899, …, 99) for v models, which start at T where x_T
+    is pure noise (from "leading"'s 900 a v decoder fed pure noise drew white backgrounds for
+    black ones); "leading" (900, …, 0, guided-diffusion's "ddimN") for eps and x0 models, whose
+    x_0 estimate at T is amplified ~10⁴× and makes inversion there ill-conditioned."""
+    return "trailing" if cfg.prediction is Prediction.v else "leading"
 
 
 class GaussianDiffusion:
