@@ -61,9 +61,10 @@ def make_scheduler(cfg: DiffusionConfig, sampler: Sampler = Sampler.ddpm):
     if sampler is Sampler.dpmpp:
         learned = "learned_range" if cfg.variance is Variance.learned else None
         # eps image models at t ≈ T (cosine: ᾱ ≈ 2e-9) give x_0 estimates amplified ~10⁴× (v
-        # models, slightly off ones); DDPM clips them to the data range, DPM-Solver++ does the same only with thresholding (ratio 1 = a plain
-        # clip to ±1 for image data), and it skips the last λ < −5.1 of the cosine schedule as
-        # diffusers advises. Without both, its samples are noise.
+        # models, slightly off ones); DDPM clips them to the data range, DPM-Solver++ does the
+        # same only with thresholding (ratio 1 = a plain clip to ±1 for image data), and it skips
+        # the last λ < −5.1 of the cosine schedule as diffusers advises. Without both, its samples
+        # are noise.
         clipped = cfg.prediction is not Prediction.x0 and cfg.clip_sample_range == 1.0
         cosine = cfg.beta_schedule is BetaSchedule.cosine
         return DPMSolverMultistepScheduler(**common, **betas, algorithm_type="dpmsolver++",
@@ -176,9 +177,10 @@ class GaussianDiffusion:
         """
         channels = x0.shape[1]
         pred = model_out[:, :channels]
-        target = {Prediction.eps: noise, Prediction.x0: x0}.get(self.cfg.prediction)
-        if target is None:
-            target = self.v_target(x0.float(), t, noise.float())
+        if self.cfg.prediction is Prediction.v:
+            target = self.v_target(x0, t, noise)
+        else:
+            target = noise if self.cfg.prediction is Prediction.eps else x0
         mse = mean_flat((pred.float() - target.float()) ** 2)
         out = {"mse": mse.mean()}
         if self.cfg.variance is Variance.learned and model_out.shape[1] > channels:
