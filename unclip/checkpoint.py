@@ -79,15 +79,20 @@ def read_component_config(folder: str | Path):
     return name, from_dict(COMPONENTS[name][1], meta["config"], where=str(path))
 
 
+def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict stored in a component folder, as saved (fp16 matrices stay fp16)."""
+    weights = Path(folder) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
+    return load_file(str(weights))
+
+
 def load_component(folder: str | Path, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32) -> nn.Module:
     """Build the component described by ``folder/config.json`` and load its weights."""
     name, cfg = read_component_config(folder)
     module = COMPONENTS[name][0](cfg)
-    weights = Path(folder) / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
-    module.load_state_dict(load_file(str(weights)))  # fp16 files are cast to the module's dtype
+    module.load_state_dict(read_weights(folder))  # fp16 files are cast to the module's dtype
     return module.to(device=device, dtype=dtype).eval()
 
 
@@ -98,10 +103,7 @@ def init_weights(module: nn.Module, folder: str | Path) -> list[str]:
     name, _ = read_component_config(folder)
     if name != component_name(module):
         raise ValueError(f"training.init_from={folder} holds a {name}, this run trains a {component_name(module)}")
-    weights = Path(folder) / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
-    own, loaded = module.state_dict(), load_file(str(weights))
+    own, loaded = module.state_dict(), read_weights(folder)
     unknown = sorted(set(loaded) - set(own))
     wrong = sorted(k for k in set(loaded) & set(own) if loaded[k].shape != own[k].shape)
     if unknown or wrong:
