@@ -71,6 +71,16 @@ def test_overrides_are_typed_like_file_keys():
         load_stage_config(path, ["training.steps"])
 
 
+def test_exponent_floats_without_a_dot_are_floats():
+    """YAML 1.1 reads `3e-4` as a string; a float field takes it as 0.0003, a word stays an error."""
+    path = Path(__file__).parents[1] / "configs/tiny/decoder.yaml"
+    cfg = load_stage_config(path, ["training.lr=3e-4", "training.offset_noise=1e-1"])
+    assert cfg.training.lr == pytest.approx(3e-4) and isinstance(cfg.training.lr, float)
+    assert cfg.training.offset_noise == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="training.lr: expected float, got 'fast'"):
+        load_stage_config(path, ["training.lr=fast"])
+
+
 def test_enums_parse_from_values():
     cfg = load_stage_config(Path(__file__).parents[1] / "configs/tiny/upsampler_1024.yaml")
     assert cfg.upsampler.degradation is Degradation.bsr

@@ -30,15 +30,14 @@ def test_shipped_cascade_is_complete_and_small():
     assert pipe.sizes == [64, 256, 1024] and pipe.default_size == 256
 
 
-def test_shipped_checkpoint_draws_the_prompts_colour_at_64(shipped):
-    """8 images for a fixed prompt and seed; the detector must find red in at least half. (The
-    shipped decoder is undertrained: it drew red in 13 of 16 images of one seeded batch, 4 of 8
-    single-image seeds, and the seeded batch below in 6 of 8.)"""
+def test_shipped_checkpoint_draws_the_prompt_at_64(shipped):
+    """8 images for a fixed prompt and seed; the detector must find the caption's colour, shape,
+    size, position and background in at least 6 (the shipped cascade drew all 8 right)."""
     images = shipped.generate(PROMPT, n=8, size=64, seed=0, progress=False)
     assert all(image.size == (64, 64) for image in images)
     found = [detect(image) for image in images]
-    red = [score(f, parse_caption(PROMPT))["colour"] for f in found]
-    assert sum(red) >= 4, f"red found in {sum(red)} of 8 images: {[f.objects[:1] for f in found]}"
+    right = [score(f, parse_caption(PROMPT))["all"] for f in found]
+    assert sum(right) >= 6, f"all right in {sum(right)} of 8 images: {[f.objects[:1] for f in found]}"
 
 
 def test_the_readme_main_command_makes_a_256_image_with_the_shipped_cascade(tmp_path, monkeypatch):

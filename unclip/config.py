@@ -303,6 +303,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return tuple(_coerce(item_type, v, where) for v in value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
