@@ -275,7 +275,7 @@ def _handles_learned_variance(scheduler) -> bool:
     if isinstance(scheduler, (DDIMScheduler, DDIMInverseScheduler)):
         return False  # DDIM's step does not strip variance channels (reference §3.7)
     if isinstance(scheduler, DPMSolverMultistepScheduler):
-        return False  # it only discards them, and not for v prediction (diffusers 0.3x)
+        return False  # it strips them (as [:, :3]) for eps prediction only (diffusers 0.42)
     return True
 
 
