@@ -17,6 +17,7 @@ from unclip.config import DataConfig, DatasetKind
 from unclip.data import build_dataset
 from unclip.data.embeddings import EmbeddingsDataset, EmbeddingsWriter
 from unclip.data.folder import FolderDataset, image_to_tensor
+from unclip.data.shapes import INVERSE_RELATIONS
 from unclip.data.webdataset import ShardDataset, expand_shards, write_shards
 
 
@@ -249,3 +250,14 @@ def test_importing_unclip_data_pulls_no_optional_package():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_build_dataset_passes_the_shapes_options():
+    cfg = DataConfig(kind=DatasetKind.shapes, resolution=8, seed=3, two_object_prob=1.0, swapped_pairs=True)
+    dataset = build_dataset(cfg)
+    scenes = [dataset.scene_at(i) for i in range(6)]
+    assert all(s.relation for s in scenes)  # every scene has two objects
+    assert [s.relation for s in scenes[1::2]] == [INVERSE_RELATIONS[s.relation] for s in scenes[::2]]
+    assert not any(build_dataset(DataConfig(resolution=8, two_object_prob=0.0)).scene_at(i).relation for i in range(20))
+    with pytest.raises(ValueError, match="data.swapped_pairs applies to data.kind=shapes only"):
+        build_dataset(DataConfig(kind=DatasetKind.folder, path="x", swapped_pairs=True))

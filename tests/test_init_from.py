@@ -50,3 +50,16 @@ def test_a_decoder_run_fine_tunes_from_an_export_through_the_cli(tmp_path, capsy
     for key, value in start.state_dict().items():
         assert torch.equal(tuned.state_dict()[key], value), key
     assert tuned.cfg.coordinates and tuned.unet.conv_in.position.weight.abs().sum() == 0
+
+
+def test_a_clip_run_fine_tunes_from_a_clip_export(tmp_path):
+    """The CLIP stage trains a bare open_clip model; its export wraps it (weights under ``model.``)."""
+    config = str(ROOT / "configs/tiny/clip.yaml")
+    short = ["--no-progress", "training.steps=1", "training.sample_every=100", "training.checkpoint_every=100"]
+    assert main(["train", "clip", "--config", config, "--output", str(tmp_path / "a"), *short]) == 0
+    start = load_component(tmp_path / "a" / "export" / "clip")
+    assert main(["train", "clip", "--config", config, "--output", str(tmp_path / "b"), *short, "training.lr=0",
+                 f"training.init_from={tmp_path / 'a' / 'export' / 'clip'}"]) == 0
+    tuned = load_component(tmp_path / "b" / "export" / "clip")
+    for key, value in start.state_dict().items():
+        assert torch.equal(tuned.state_dict()[key], value), key

@@ -135,3 +135,37 @@ def test_objects_stay_on_the_canvas_and_two_never_overlap():
         dx, dy = shapes.RELATIONS[scene.relation]  # direction of the first object from the second
         along, across = (acx - bcx) * dx + (acy - bcy) * dy, abs((acx - bcx) * dy - (acy - bcy) * dx)
         assert along > 0.35 and across < 0.1, scene
+
+
+def test_swap_places_inverts_the_relation_and_keeps_the_objects():
+    for scene in _scenes(200, two_object_prob=1.0):
+        twin = shapes.swap_places(scene)
+        assert twin.relation == shapes.INVERSE_RELATIONS[scene.relation] and twin.background == scene.background
+        assert [(o.colour, o.shape, o.size) for o in twin.objects] == [(o.colour, o.shape, o.size) for o in scene.objects]
+        assert [o.position for o in twin.objects] == [o.position for o in reversed(scene.objects)]
+        # the twin is laid out exactly as its own spec would be, and its caption says so
+        assert parse_caption(twin.caption) == twin.spec and twin.caption != scene.caption
+        places = tuple(o.position for o in twin.objects)
+        assert any(shapes._pair_positions(twin.relation, lane) == places for lane in range(3))
+    with pytest.raises(ValueError, match="two-object"):
+        shapes.swap_places(scene_from_attributes("red", "circle"))
+
+
+def test_swapped_pairs_follow_every_two_object_sample_by_its_twin():
+    plain, paired = ShapesDataset(16, seed=4), ShapesDataset(16, seed=4, swapped_pairs=True)
+    twins = 0
+    for k in range(40):
+        first, second = paired.item(2 * k), paired.item(2 * k + 1)
+        scene = plain.scene_at(k)
+        assert first["caption"] == plain.item(k)["caption"] and paired.scene_at(2 * k) == scene
+        if scene.relation:
+            expected, twins = shapes.swap_places(scene), twins + 1
+            assert second["caption"] == expected.caption and paired.scene_at(2 * k + 1) == expected
+            assert torch.equal(second["image"], shapes.image_to_tensor(expected.render(16)))
+        else:
+            assert paired.scene_at(2 * k + 1).relation is None
+    assert twins >= 5
+    stream = iter(paired)  # the iterator yields the same samples
+    assert [next(stream)["caption"] for _ in range(6)] == [paired.item(i)["caption"] for i in range(6)]
+    with pytest.raises(ValueError, match="two_object_prob"):
+        ShapesDataset(16, two_object_prob=1.5)

@@ -285,7 +285,8 @@ def test_every_stage_trains_checkpoints_and_exports_through_the_cli(tmp_path, co
         prior = load_component(out / "export" / "prior")
         assert not torch.equal(prior.transformer.clip_std, torch.ones_like(prior.transformer.clip_std))
     if stage == "clip":
-        assert any("clip/top1" in r for r in logs(out))
+        (monitor,) = [r for r in logs(out) if "clip/top1" in r]
+        assert 0 <= monitor["clip/relation"] <= 1
 
 
 def test_train_refuses_a_config_of_another_stage(tmp_path, capsys):

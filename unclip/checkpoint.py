@@ -38,6 +38,16 @@ def component_name(module: nn.Module) -> str:
     raise TypeError(f"not a unclip component: {type(module).__name__}")
 
 
+def _trained_name(module: nn.Module) -> str:
+    """``component_name``, or "clip" for the bare open_clip model the CLIP stage trains (its
+    export wraps it in a ClipEncoder, whose weights carry a ``model.`` prefix)."""
+    import open_clip
+
+    if isinstance(module, (open_clip.CLIP, open_clip.CustomTextCLIP)):
+        return "clip"
+    return component_name(module)
+
+
 def is_matrix(tensor: torch.Tensor) -> bool:
     """Two or more dimensions longer than one: weight matrices, kernels, embedding tables (what
     fp16 export casts; vectors such as biases, norms and the prior's statistics stay as they are)."""
@@ -101,9 +111,12 @@ def init_weights(module: nn.Module, folder: str | Path) -> list[str]:
     lacks (e.g. a part added by a config option) keep their values and are returned by name.
     A different component, an unknown parameter or a shape mismatch is an error."""
     name, _ = read_component_config(folder)
-    if name != component_name(module):
-        raise ValueError(f"training.init_from={folder} holds a {name}, this run trains a {component_name(module)}")
+    trained = _trained_name(module)
+    if name != trained:
+        raise ValueError(f"training.init_from={folder} holds a {name}, this run trains a {trained}")
     own, loaded = module.state_dict(), read_weights(folder)
+    if not isinstance(module, ClipEncoder) and trained == "clip":  # the CLIP stage's bare open_clip model
+        loaded = {key.removeprefix("model."): value for key, value in loaded.items()}
     unknown = sorted(set(loaded) - set(own))
     wrong = sorted(k for k in set(loaded) & set(own) if loaded[k].shape != own[k].shape)
     if unknown or wrong:

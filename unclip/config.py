@@ -197,6 +197,8 @@ class DataConfig:
     resolution: int = 32  # image side produced by the data set
     seed: int = 0
     paraphrase: bool = False  # shapes: add caption paraphrases in training
+    two_object_prob: float = 0.3  # shapes: share of two-object scenes
+    swapped_pairs: bool = False  # shapes: follow each two-object scene by its objects' places swapped
 
 
 # ----------------------------------------------------------------------------------------------

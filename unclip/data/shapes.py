@@ -237,6 +237,18 @@ def scene_from_attributes(
     return scene_from_spec(SceneSpec(background, (ObjectSpec(colour, shape, size, position),)))
 
 
+def swap_places(scene: Scene) -> Scene:
+    """A two-object scene with its objects' places exchanged (so its relation is inverted): the
+    same objects, sizes and background, a caption that differs from ``scene``'s in the relation."""
+    if scene.relation is None:
+        raise ValueError("only a two-object scene has places to swap")
+    first, second = scene.objects
+    objects = (place(first.colour, first.shape, first.size, second.position),
+               place(second.colour, second.shape, second.size, first.position))
+    swapped = Scene(scene.background, objects, INVERSE_RELATIONS[scene.relation], caption="")
+    return dataclasses.replace(swapped, caption=caption(swapped.spec))
+
+
 def _validate(spec: SceneSpec) -> None:
     if len(spec.objects) != (1 if spec.relation is None else 2):
         raise ValueError("a scene has one object without a relation or two objects with one")
@@ -363,6 +375,12 @@ class ShapesDataset(torch.utils.data.IterableDataset):
     processes (`rank` of `world_size`) take interleaved indices start + k·stride, so every sample
     is produced exactly once whatever the layout. `held_out=True` also draws the held-out pairs
     (``pairs="all"``); the default never does.
+
+    ``swapped_pairs=True`` makes samples 2k and 2k + 1 a pair: a two-object scene and its
+    `swap_places` twin (the same objects in exchanged places, the relation inverted), or two
+    one-object scenes, so the share of two-object samples stays ``two_object_prob``. A contrastive
+    batch (of even size) then holds captions that differ only in the relation: without them a CLIP
+    can match most two-object captions by their objects alone and never learns which is where.
     """
 
     def __init__(
@@ -373,6 +391,7 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         held_out: bool = False,
         *,
         two_object_prob: float = 0.3,
+        swapped_pairs: bool = False,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -383,7 +402,10 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         self.seed = seed
         self.paraphrase = paraphrase
         self.pairs = "all" if held_out else "train"
+        if not 0 <= two_object_prob <= 1:
+            raise ValueError(f"two_object_prob must be in [0, 1], got {two_object_prob}")
         self.two_object_prob = two_object_prob
+        self.swapped_pairs = swapped_pairs
         self.rank, self.world_size = rank, world_size
 
     def _rng(self, i: int) -> random.Random:
@@ -392,14 +414,28 @@ class ShapesDataset(torch.utils.data.IterableDataset):
 
     def scene_at(self, i: int) -> Scene:
         """Ground truth of sample i."""
-        return sample_scene(self._rng(i), two_object_prob=self.two_object_prob, pairs=self.pairs)
+        return self._draw(i)[0]
 
     def item(self, i: int) -> dict:
         """Sample i as the iterator yields it."""
-        rng = self._rng(i)
-        scene = sample_scene(rng, two_object_prob=self.two_object_prob, pairs=self.pairs)
+        scene, rng = self._draw(i)
         text = paraphrase(scene.spec, rng) if self.paraphrase else scene.caption
         return {"image": image_to_tensor(scene.render(self.resolution)), "caption": text}
+
+    def _draw(self, i: int) -> tuple[Scene, random.Random]:
+        """Scene i and the generator its caption paraphrase draws from."""
+        if not self.swapped_pairs:
+            rng = self._rng(i)
+            return sample_scene(rng, two_object_prob=self.two_object_prob, pairs=self.pairs), rng
+        k, odd = divmod(i, 2)  # samples 2k and 2k + 1 share scene k
+        rng = self._rng(k)
+        scene = sample_scene(rng, two_object_prob=self.two_object_prob, pairs=self.pairs)
+        if not odd:
+            return scene, rng
+        if scene.relation:
+            return swap_places(scene), rng  # the same draws: the same paraphrase template
+        rng = random.Random(f"shapes:{self.seed}:{k}:second")  # a one-object scene's partner: another one
+        return sample_scene(rng, two_object_prob=0.0, pairs=self.pairs), rng
 
     def indices(self):
         """The infinite index stream of this process and DataLoader worker."""

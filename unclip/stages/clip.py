@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import open_clip
@@ -20,6 +21,31 @@ from unclip.stages import StageContext, StageTask, held_out_shapes
 MONITOR_COUNT = 32  # held-out pairs for the retrieval monitor
 
 
+def relation_probe(resolution: int, count: int, seed: int = 10_001) -> tuple[torch.Tensor, list[str], list[str]]:
+    """``count`` fixed two-object renders (training pairs, another seed than any run's), their
+    captions and the captions of their `swap_places` twins (the relation inverted)."""
+    import random
+
+    from unclip.data.shapes import image_to_tensor, sample_scene, swap_places
+
+    rng = random.Random(f"relation-probe:{seed}")
+    scenes = [sample_scene(rng, two_object_prob=1.0) for _ in range(count)]
+    images = torch.stack([image_to_tensor(s.render(resolution)) for s in scenes])
+    return images, [s.caption for s in scenes], [swap_places(s).caption for s in scenes]
+
+
+@torch.no_grad()
+def relation_accuracy(encode_image: Callable, encode_text: Callable, images: torch.Tensor, captions: list[str],
+                      swapped: list[str]) -> float:
+    """Share of images closer to their own caption than to the one with the relation inverted
+    (chance = 0.5): whether a CLIP knows which object is where. ``encode_image`` maps images in
+    [-1, 1] and ``encode_text`` captions to (B, D) embeddings."""
+    image = F.normalize(encode_image(images), dim=-1)
+    own = (image * F.normalize(encode_text(captions), dim=-1)).sum(-1)
+    other = (image * F.normalize(encode_text(swapped), dim=-1)).sum(-1)
+    return (own > other).float().mean().item()
+
+
 def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
     model = build_stage_model(cfg)  # open_clip.model.CLIP
     tokenizer = open_clip.get_tokenizer(cfg.clip.name) if cfg.clip.name else open_clip.tokenize
@@ -30,15 +56,17 @@ def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
     # every process computes the loss over the whole global batch (open_clip's default)
     clip_loss = ClipLoss(gather_with_grad=True, rank=ctx.rank, world_size=ctx.world_size)
 
-    def inputs(images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in [-1, 1] → the tower's normalised input (as ClipEncoder.preprocess); token ids."""
+    def pixels(images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] → the tower's normalised input (as ClipEncoder.preprocess)."""
         if images.shape[-1] != side:
             images = F.interpolate(images, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
-        pixels = ((images.clamp(-1, 1) + 1) / 2 - mean) / std
-        return pixels, tokenizer(captions, context_length=model.context_length).to(ctx.device)
+        return ((images.clamp(-1, 1) + 1) / 2 - mean) / std
+
+    def tokens(captions: list[str]) -> torch.Tensor:
+        return tokenizer(captions, context_length=model.context_length).to(ctx.device)
 
     def loss(clip, batch):
-        out = clip(*inputs(batch["image"], batch["caption"]))
+        out = clip(pixels(batch["image"]), tokens(batch["caption"]))
         image_features, text_features, logit_scale = out[:3] if isinstance(out, tuple) else (
             out["image_features"], out["text_features"], out["logit_scale"])
         return {"loss": clip_loss(image_features, text_features, logit_scale)}
@@ -48,14 +76,17 @@ def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
             clip.logit_scale.clamp_(0, math.log(100))
 
     images, captions = held_out_shapes(side, MONITOR_COUNT)
+    pair_images, pair_captions, swapped_captions = relation_probe(side, MONITOR_COUNT)
 
     @torch.no_grad()
     def sample(clip, step: int, output: Path) -> dict[str, float]:
         """Top-1 image→caption retrieval among held-out pairs (chance = 1/N; captions may repeat)."""
-        pixels, tokens = inputs(images.to(ctx.device), captions)
-        sims = F.normalize(clip.encode_image(pixels), dim=-1) @ F.normalize(clip.encode_text(tokens), dim=-1).T
+        image_emb = lambda x: clip.encode_image(pixels(x.to(ctx.device)))  # noqa: E731
+        text_emb = lambda c: clip.encode_text(tokens(c))  # noqa: E731
+        sims = F.normalize(image_emb(images), dim=-1) @ F.normalize(text_emb(captions), dim=-1).T
         hits = [captions[j] == captions[i] for i, j in enumerate(sims.argmax(dim=1).tolist())]
-        return {"clip/top1": sum(hits) / len(hits)}
+        relation = relation_accuracy(image_emb, text_emb, pair_images, pair_captions, swapped_captions)
+        return {"clip/top1": sum(hits) / len(hits), "clip/relation": relation}
 
     def export(clip, folder: Path) -> None:
         save_component(ClipEncoder(cfg.clip, model=clip), folder / "clip")
