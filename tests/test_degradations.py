@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unclip.config import Degradation
-from unclip.degradations import bsr_degrade, gaussian_blur, upsample_condition, upsampler_pair
+from unclip.degradations import bsr_degrade, condition_window, gaussian_blur, upsample_condition, upsampler_pair
 
 
 def smooth_image(size: int, batch: int = 2) -> torch.Tensor:
@@ -104,3 +104,24 @@ def test_bsr_conditioning_differs_from_clean():
     _, clean = upsampler_pair(hr, 32, None, 64, generator=torch.Generator().manual_seed(0))
     _, degraded = upsampler_pair(hr, 32, Degradation.bsr, 64, generator=torch.Generator().manual_seed(0))
     assert (clean - degraded).abs().mean() > 0.02
+
+
+@pytest.mark.parametrize("low_side, side, crop", [(16, 64, 16), (64, 256, 64), (8, 32, 32), (24, 64, 16)])
+def test_condition_window_equals_the_window_of_the_full_resize(low_side, side, crop):
+    low = textured_image(low_side, batch=1)[0]
+    full = upsample_condition(low, side)
+    corners = [(0, 0), (side - crop, side - crop), (0, side - crop), (5, 11), (side // 2 - 3, side // 3 + 1)]
+    for top, left in [(t, l) for t, l in corners if t <= side - crop and l <= side - crop]:
+        window = condition_window(low, (side, side), top, left, crop)
+        assert window.shape == (3, crop, crop)
+        assert (window - full[:, top : top + crop, left : left + crop]).abs().max() < 1e-5, (top, left)
+
+
+def test_upsampler_pair_conditioning_is_the_crop_of_the_full_resize():
+    hr = textured_image(64, batch=3)
+    hr_crop, cond_crop = upsampler_pair(hr, 16, None, 16, generator=torch.Generator().manual_seed(2))
+    full = upsample_condition(torch.nn.functional.interpolate(hr, size=(16, 16), mode="area"), 64)
+    for i in range(3):  # find each target crop in the image, then compare the conditioning there
+        windows = hr[i].unfold(1, 16, 1).unfold(2, 16, 1)
+        (top, left), = ((windows == hr_crop[i][:, None, None]).flatten(3).all(-1).all(0)).nonzero().tolist()
+        assert (cond_crop[i] - full[i, :, top : top + 16, left : left + 16]).abs().max() < 1e-5

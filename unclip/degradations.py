@@ -186,6 +186,25 @@ _DEGRADE: dict[Degradation, Callable[[torch.Tensor, torch.Generator | None], tor
 }
 
 
+_BICUBIC_REACH = 3  # low-res pixels beyond a window that bicubic output inside it can read (2, plus one to spare)
+
+
+def condition_window(low: torch.Tensor, size: tuple[int, int], top: int, left: int, crop: int) -> torch.Tensor:
+    """``upsample_condition(low, size)[..., top:top+crop, left:left+crop]`` for one image [3,h,w],
+    without upsampling the rest: only the low-res pixels the window reads (plus bicubic's reach)
+    are resized, by the same integer factor, so the result equals the full resize's window up to
+    float rounding. Falls back to the full resize when ``size`` is not a multiple of ``low``."""
+    (h, w), (lh, lw) = size, low.shape[-2:]
+    if h % lh or w % lw:
+        return upsample_condition(low, size)[:, top : top + crop, left : left + crop]
+    sy, sx = h // lh, w // lw
+    y0, x0 = max(0, top // sy - _BICUBIC_REACH), max(0, left // sx - _BICUBIC_REACH)
+    y1 = min(lh, -(-(top + crop) // sy) + _BICUBIC_REACH)
+    x1 = min(lw, -(-(left + crop) // sx) + _BICUBIC_REACH)
+    part = upsample_condition(low[:, y0:y1, x0:x1], ((y1 - y0) * sy, (x1 - x0) * sx))
+    return part[:, top - y0 * sy : top - y0 * sy + crop, left - x0 * sx : left - x0 * sx + crop]
+
+
 def upsampler_pair(
     high_res: torch.Tensor,
     low_res_size: int,
@@ -197,7 +216,8 @@ def upsampler_pair(
 
     Batched: ``high_res`` is [B,3,H,W] (or one [3,H,W]) in [-1, 1]. The image is downsampled to
     ``low_res_size`` (area filter), corrupted (``degradation``; ``None`` leaves it clean), upsampled
-    back to H×W with :func:`upsample_condition`, and the same random crop — drawn per sample — is
+    back to H×W with :func:`upsample_condition` (only the crop's window of it is computed, see
+    :func:`condition_window`), and the same random crop — drawn per sample — is
     cut from the target and from the conditioning, so pixel (i, j) of one lies over pixel (i, j)
     of the other (paper: crops a quarter of the target side, ``UpsamplerConfig.crop_fraction``).
     """
@@ -209,14 +229,12 @@ def upsampler_pair(
         low = F.interpolate(hr.float(), size=(low_res_size, low_res_size), mode="area")
         if degradation is not None:
             low = _DEGRADE[Degradation(degradation)](low, generator)
-        cond = upsample_condition(low, (h, w)).to(hr.dtype)  # [B,3,H,W]
         tops = torch.randint(0, h - crop_size + 1, (hr.shape[0],), generator=generator).tolist()
         lefts = torch.randint(0, w - crop_size + 1, (hr.shape[0],), generator=generator).tolist()
         hr_crops, cond_crops = [], []
         for i, (top, left) in enumerate(zip(tops, lefts)):
-            window = (slice(top, top + crop_size), slice(left, left + crop_size))
-            hr_crops.append(hr[i, :, window[0], window[1]])
-            cond_crops.append(cond[i, :, window[0], window[1]])
+            hr_crops.append(hr[i, :, top : top + crop_size, left : left + crop_size])
+            cond_crops.append(condition_window(low[i], (h, w), top, left, crop_size).to(hr.dtype))
         return torch.stack(hr_crops), torch.stack(cond_crops)
 
     if high_res.dim() == 3:
