@@ -80,7 +80,8 @@ def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
 
     @torch.no_grad()
     def sample(clip, step: int, output: Path) -> dict[str, float]:
-        """Top-1 image→caption retrieval among held-out pairs (chance = 1/N; captions may repeat)."""
+        """Top-1 image→caption retrieval among held-out pairs (chance = 1/N; captions may repeat),
+        and `relation_accuracy` on fixed two-object renders (chance = 0.5)."""
         image_emb = lambda x: clip.encode_image(pixels(x.to(ctx.device)))  # noqa: E731
         text_emb = lambda c: clip.encode_text(tokens(c))  # noqa: E731
         sims = F.normalize(image_emb(images), dim=-1) @ F.normalize(text_emb(captions), dim=-1).T
