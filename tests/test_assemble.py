@@ -57,3 +57,28 @@ def test_assemble_script_reports_a_missing_runs_root(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "train" / "assemble.py"), "--runs", str(tmp_path / "nope"),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert done.returncode == 2 and "no exports under" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_stages_taken_from_a_pipeline_folder_keep_its_sampling_settings(tmp_path):
+    """A stage re-used from a shipped pipeline folder has no sampling settings in its own config.json:
+    assemble must read them from that folder's pipeline.json, not fall back to the defaults."""
+    import dataclasses
+    import json
+
+    pipe = UnCLIPPipeline.from_configs(ROOT / "configs" / "tiny", seed=0)
+    decoder = pipe.sampling["decoder"]
+    pipe.sampling["decoder"] = dataclasses.replace(decoder, diffusion=dataclasses.replace(decoder.diffusion,
+                                                                                           guidance_scale=5.5))
+    slot = next(iter(pipe.upsamplers))
+    up = pipe.sampling[slot]
+    pipe.sampling[slot] = dataclasses.replace(up, diffusion=dataclasses.replace(up.diffusion, sample_start=123))
+    shipped = pipe.save_pretrained(tmp_path / "shipped")
+    runs = tmp_path / "runs"
+    for part in ("clip", "prior", "decoder", *pipe.upsamplers):  # runs/<part>/export/<part> → shipped/<part>
+        (runs / part / "export").mkdir(parents=True)
+        (runs / part / "export" / part).symlink_to(shipped / part)
+    out = assemble(find_exports(runs), tmp_path / "again")
+    stages = lambda root: json.loads((root / "pipeline.json").read_text())["stages"]  # noqa: E731
+    assert stages(out) == stages(shipped)
+    assert stages(out)["decoder"]["diffusion"]["guidance_scale"] == 5.5
+    assert stages(out)[slot]["diffusion"]["sample_start"] == 123

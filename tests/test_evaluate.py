@@ -54,6 +54,8 @@ def test_eval_cli_writes_the_report(tmp_path, capsys):
     assert report["binding"]["one_object_seen"]["n"] == 2
     assert set(report["ablation_text_embedding_as_image_embedding"]) == set(report["binding"])
     assert report["ablation_text_embedding_as_image_embedding"]["two_object"]["n"] == 1
+    assert set(report["true_image_embedding"]) == set(report["binding"])
+    assert report["true_image_embedding"]["one_object_seen"]["n"] == 1
     assert report["settings"]["bf16_autocast"] and report["sampling"]["decoder"]["steps"] == 1
     assert {"text_embedding_baseline", "prior_best_of_1", "prior_best_of_2"} <= set(report["prior"])
     assert report["clip_relation"]["n"] == 2 and report["clip_relation"]["closer_to_own_caption"] in (0, 0.5, 1)
@@ -65,6 +67,7 @@ def test_eval_cli_writes_the_report(tmp_path, capsys):
     assert "decoder ddpm 1 steps" in table and "bfloat16 autocast" in table
     assert "| 64×64 | 100.0% | 40 |" in table and "prior beats the text-embedding baseline" in table
     assert "closer to own caption than to the relation inverted" in table
+    assert "| two object | true image emb. |" in table
     sheet = Image.open(out / "samples.png")  # 8 captioned 128×128 tiles, 4 per row, text under each
     assert sheet.width == 4 * 128 and sheet.height > 2 * 128
     assert np.asarray(sheet.convert("L"))[128:140].min() < 100  # caption ink under the first row

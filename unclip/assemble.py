@@ -9,12 +9,13 @@ optionally with fp16 parameters (how ``checkpoints/shapes/`` ships).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from unclip.checkpoint import CONFIG_NAME, load_component
-from unclip.pipeline import DECODER, PRIOR, UPSAMPLERS, UnCLIPPipeline, stored_sampling
+from unclip.pipeline import DECODER, PIPELINE_FILE, PRIOR, UPSAMPLERS, StageSampling, UnCLIPPipeline, stored_sampling
 
 PARTS = ("clip", PRIOR, DECODER, *UPSAMPLERS)
 
@@ -31,6 +32,19 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def part_sampling(part: str, folder: Path) -> StageSampling | None:
+    """A part's sampling defaults: those its own config.json carries (a training export), else those
+    of the pipeline folder it sits in (``pipeline.json``, e.g. a stage taken from ``checkpoints/shapes``)."""
+    found = stored_sampling(folder)
+    if found is not None:
+        return found
+    meta_file = Path(folder).resolve().parent / PIPELINE_FILE
+    if not meta_file.is_file():
+        return None
+    stored = json.loads(meta_file.read_text()).get("stages", {}).get(part)
+    return None if stored is None else stored_sampling(folder, stored, f"{meta_file}:{part}")
+
+
 def assemble(parts: dict[str, Path], out: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write the pipeline folder ``out`` from ``parts`` ({"clip": folder, "prior": folder, ...})."""
     if "clip" not in parts:
@@ -45,7 +59,7 @@ def assemble(parts: dict[str, Path], out: str | Path, dtype: torch.dtype | None 
             raise ValueError(f"assemble: {parts[stage]} was trained on the CLIP in {beside}, "
                              f"which differs from {parts['clip']}")
     modules = {part: load_component(path) for part, path in parts.items() if part != "clip"}
-    sampling = {part: found for part in modules if (found := stored_sampling(parts[part])) is not None}
+    sampling = {part: found for part in modules if (found := part_sampling(part, Path(parts[part]))) is not None}
     pipe = UnCLIPPipeline(clip, modules.get(PRIOR), modules.get(DECODER),
                           {slot: modules[slot] for slot in UPSAMPLERS if slot in modules}, sampling)
     return pipe.save_pretrained(out, dtype=dtype)

@@ -4,7 +4,8 @@ Every figure comes from fixed seeds and exact caption templates (DESIGN.md §6):
 - the detector's own accuracy on real renders (the gate: the other figures mean nothing below 99%);
 - binding accuracy of generated images for one-object prompts on seen and on held-out colour–shape
   pairs and for two-object prompts, and the paper's §5.1 ablation (the decoder fed the CLIP *text*
-  embedding instead of the prior's sample), scored the same way;
+  embedding instead of the prior's sample), scored the same way, and the decoder's ceiling (the true
+  CLIP image embedding of each prompt's real render in place of the prior's sample);
 - prior quality: cosine similarity of the prior's sample to the true CLIP image embedding on
   held-out captions, best-of-1 and best-of-2, beside the text-embedding baseline;
 - the CLIP's grasp of relations: how often a two-object render is closer to its caption than to
@@ -110,26 +111,32 @@ def in_batches(items: list, size: int, desc: str):
 def binding(pipe, scenes: list[Scene], settings: EvalSettings, *, source: str = "prior") -> dict[str, float]:
     """Generate one 64-side image per scene caption (decoder size) and score it with the detector.
 
-    ``source="text"`` is the §5.1 ablation: the decoder gets the CLIP text embedding as z_i.
+    ``source="text"`` is the §5.1 ablation: the decoder gets the CLIP text embedding as z_i;
+    ``source="image"`` gives it the true CLIP image embedding of the scene's render (the decoder's
+    ceiling: what a perfect prior would reach).
     """
     side = pipe.sizes[0]
     results = []
     for i, chunk in in_batches(scenes, settings.batch, f"binding ({source})"):
-        images = generate_side(pipe, [s.caption for s in chunk], side, settings, seed=settings.seed + i, source=source)
+        images = generate_side(pipe, chunk, side, settings, seed=settings.seed + i, source=source)
         results += [score(detect(im), s) for im, s in zip(images, chunk)]
     return rates(results)
 
 
-def generate_side(pipe, captions: list[str], side: int, settings: EvalSettings, *, seed: int,
+def generate_side(pipe, scenes: list[Scene], side: int, settings: EvalSettings, *, seed: int,
                   source: str = "prior") -> list[Image.Image]:
+    captions = [s.caption for s in scenes]
     if source == "prior":
         return pipe.generate(captions, size=side, steps=settings.steps, seed=seed, progress=False)
+    if source not in ("text", "image"):
+        raise ValueError(f"binding source must be 'prior', 'text' or 'image', got {source!r}")
     from unclip.pipeline import DECODER
 
     plan = pipe.plan([DECODER], steps=settings.steps)
     text = pipe.clip.encode_text(captions)
+    image_emb = text.emb if source == "text" else pipe.clip.encode_image([s.render(pipe.clip.image_size) for s in scenes])
     g = pipe.make_generator(seed, None)
-    return tensor_to_pil(pipe.decode(text.emb, text, plan[DECODER], g, progress=False))
+    return tensor_to_pil(pipe.decode(image_emb, text, plan[DECODER], g, progress=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,8 +250,9 @@ def run_eval(pipe, settings: EvalSettings, *, fid_features: Callable | None = No
         str(r): detector_accuracy(settings.detector_scenes, r, settings.seed) for r in (pipe.sizes[0], 64)}
     sets = prompt_sets(settings.prompts, settings.seed)
     report["binding"] = {name: binding(pipe, scenes, settings) for name, scenes in sets.items()}
-    report["ablation_text_embedding_as_image_embedding"] = {
-        name: binding(pipe, scenes[: settings.ablation_prompts], settings, source="text") for name, scenes in sets.items()}
+    for key, source in (("ablation_text_embedding_as_image_embedding", "text"), ("true_image_embedding", "image")):
+        report[key] = {name: binding(pipe, scenes[: settings.ablation_prompts], settings, source=source)
+                       for name, scenes in sets.items()}
     report["prior"] = prior_quality(pipe, settings)
     report["clip_relation"] = clip_relation(pipe, settings)
     sizes = [s for s in settings.fid_sizes if s in pipe.sizes]
@@ -293,8 +301,10 @@ def markdown(report: dict) -> str:
     lines += [f"| {side}×{side} | {pct(r['all'])} | {r['n']} |"
               for side, r in report["detector_accuracy_on_real_renders"].items()]
     lines += ["", "| prompts | z_i from | colour | shape | position | all | n |", "|---|---|---|---|---|---|---|"]
-    for source, key in (("prior", "binding"), ("text emb. (§5.1)", "ablation_text_embedding_as_image_embedding")):
-        for name, r in report[key].items():
+    rows = (("prior", "binding"), ("text emb. (§5.1)", "ablation_text_embedding_as_image_embedding"),
+            ("true image emb.", "true_image_embedding"))
+    for source, key in rows:
+        for name, r in report.get(key, {}).items():  # reports written before it lack the true-embedding rows
             cells = [pct(r[k]) if k in r else "–" for k in ("colour", "shape", "position")]
             lines.append(f"| {name.replace('_', ' ')} | {source} | {' | '.join(cells)} | {pct(r['all'])} | {r['n']} |")
     p = report["prior"]

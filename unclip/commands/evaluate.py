@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("eval"), help="report folder (default: eval/)")
     parser.add_argument("--prompts", type=int, default=200, help="prompts per binding category (default 200)")
     parser.add_argument("--ablation-prompts", type=int,
-                        help="prompts per category for the §5.1 ablation (default: as many as --prompts)")
+                        help="prompts per category for the §5.1 ablation and the true-image-embedding rows "
+                             "(default: as many as --prompts)")
     parser.add_argument("--fid-sizes", type=int, nargs="+", default=[64, 256], metavar="SIDE",
                         help="output sides to measure FID at (default 64 256; those the cascade makes)")
     parser.add_argument("--fid-images", type=int, default=1000, help="images per FID figure; 0 skips FID")

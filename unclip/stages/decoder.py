@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +30,31 @@ from unclip.stages import (
 )
 
 SAMPLE_COUNT = 4  # fixed held-out prompts in each sample grid
+BINDING_COUNT = 24  # fixed real renders of each kind (one object, two objects) for the binding monitor
+BINDING_STEPS = 10  # DDPM steps of the monitor's decodes
+
+
+def binding_probe(count: int, seed: int = 10_002) -> dict[str, list]:
+    """``count`` fixed one-object and two-object scenes (training pairs, a seed no run uses)."""
+    import random
+
+    from unclip.data.shapes import sample_scene
+
+    rng = random.Random(f"binding-probe:{seed}")
+    return {kind: [sample_scene(rng, two_object_prob=prob) for _ in range(count)]
+            for kind, prob in (("one_object", 0.0), ("two_object", 1.0))}
+
+
+def binding_accuracy(reconstruct: Callable[[torch.Tensor, list[str]], torch.Tensor], scenes: list, side: int) -> float:
+    """Share of ``scenes`` whose reconstruction the detector scores all right. ``reconstruct`` maps
+    renders in [-1, 1] and their captions to decoded images in [-1, 1]."""
+    from unclip.clip import tensor_to_pil
+    from unclip.data.shapes import image_to_tensor
+    from unclip.detector import detect, score
+
+    renders = torch.stack([image_to_tensor(s.render(side)) for s in scenes])
+    decoded = tensor_to_pil(reconstruct(renders, [s.caption for s in scenes]))
+    return sum(score(detect(im), s)["all"] for im, s in zip(decoded, scenes)) / len(scenes)
 
 
 def build(cfg: DecoderStageConfig, ctx: StageContext) -> StageTask:
@@ -47,10 +73,10 @@ def build(cfg: DecoderStageConfig, ctx: StageContext) -> StageTask:
                             offset_noise=cfg.training.offset_noise)
 
     images, captions = held_out_shapes(cfg.decoder.sample_size, SAMPLE_COUNT)
+    probe = binding_probe(BINDING_COUNT) if cfg.data.kind == "shapes" else {}
 
-    @torch.no_grad()
-    def sample(decoder, step: int, output: Path) -> dict[str, float]:
-        """Top row: held-out images; bottom row: decoded from their CLIP embeddings and captions."""
+    def reconstruct(decoder, images: torch.Tensor, captions: list[str], steps: int) -> torch.Tensor:
+        """Decode ``images`` from their own CLIP image embeddings and ``captions`` (fixed seed)."""
         n = len(captions)
         image_emb = clip.encode_image(images.to(ctx.device))
         text, blank = clip.encode_text(captions), empty[[0] * n]
@@ -62,11 +88,19 @@ def build(cfg: DecoderStageConfig, ctx: StageContext) -> StageTask:
 
         g = torch.Generator(ctx.device).manual_seed(0)
         x_T = torch.randn(images.shape, generator=g, device=ctx.device)
-        x0 = sample_loop(guided(model_fn, cfg.diffusion.guidance_scale, guide_channels=3),
-                         make_scheduler(cfg.diffusion, Sampler.ddpm), x_T, cfg.diffusion.sample_steps,
-                         channels=3, generator=g, progress=False)
-        save_grid([images, x0], step_png(output, step))
-        return {}
+        return sample_loop(guided(model_fn, cfg.diffusion.guidance_scale, guide_channels=3),
+                           make_scheduler(cfg.diffusion, Sampler.ddpm), x_T, steps,
+                           channels=3, generator=g, progress=False)
+
+    @torch.no_grad()
+    def sample(decoder, step: int, output: Path) -> dict[str, float]:
+        """Top row: held-out images; bottom row: decoded from their CLIP embeddings and captions.
+        On the shapes set, also the detector's binding accuracy of one- and two-object renders
+        decoded from their true CLIP image embeddings (the decoder's ceiling; the prior is not used)."""
+        save_grid([images, reconstruct(decoder, images, captions, cfg.diffusion.sample_steps)], step_png(output, step))
+        from_true_z = lambda x, c: reconstruct(decoder, x, c, BINDING_STEPS)  # noqa: E731
+        return {f"decoder/binding_{kind}": binding_accuracy(from_true_z, scenes, cfg.decoder.sample_size)
+                for kind, scenes in probe.items()}
 
     def export(decoder, folder: Path) -> None:
         save_component(decoder, folder / "decoder", extra={"diffusion": to_dict(cfg.diffusion)})
