@@ -45,6 +45,16 @@ def test_the_decoder_run_logs_the_binding_monitor(tmp_path):
     assert 0 <= monitor["decoder/binding_two_object"] <= 1
 
 
+def test_the_binding_monitor_can_be_turned_off_and_refuses_a_negative_count(tmp_path, capsys):
+    args = ["train", "decoder", "--config", str(ROOT / "configs/tiny/decoder.yaml"), "--no-progress",
+            "training.steps=1", "training.checkpoint_every=100"]
+    assert main([*args, "--output", str(tmp_path / "off"), "training.binding_monitor=0"]) == 0
+    logs = (tmp_path / "off" / "log.jsonl").read_text()
+    assert "decoder/binding" not in logs and '"step": 1' in logs
+    assert main([*args, "--output", str(tmp_path / "bad"), "training.binding_monitor=-1"]) == 2
+    assert "training.binding_monitor=-1" in capsys.readouterr().err
+
+
 def test_eval_true_image_embedding_feeds_the_renders_own_clip_embedding(tiny_pipeline, monkeypatch):
     from unclip.evaluate import one_object_scenes
 

@@ -186,6 +186,10 @@ class TrainingConfig:
     # checkpoints/shapes/decoder, or a run's export/<stage>): fine-tuning. Parameters the folder
     # lacks keep their initial values; any other mismatch is an error.
     init_from: str | None = None
+    # Decoder on the shapes set: fixed renders of each kind (one object, two objects) that the
+    # sample hook decodes from their true CLIP image embeddings and scores with the detector
+    # (decoder/binding_one_object, decoder/binding_two_object). 0 turns the monitor off.
+    binding_monitor: int = 24
 
 
 @dataclass

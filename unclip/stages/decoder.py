@@ -30,7 +30,6 @@ from unclip.stages import (
 )
 
 SAMPLE_COUNT = 4  # fixed held-out prompts in each sample grid
-BINDING_COUNT = 24  # fixed real renders of each kind (one object, two objects) for the binding monitor
 BINDING_STEPS = 10  # DDPM steps of the monitor's decodes
 
 
@@ -73,7 +72,10 @@ def build(cfg: DecoderStageConfig, ctx: StageContext) -> StageTask:
                             offset_noise=cfg.training.offset_noise)
 
     images, captions = held_out_shapes(cfg.decoder.sample_size, SAMPLE_COUNT)
-    probe = binding_probe(BINDING_COUNT) if cfg.data.kind == "shapes" else {}
+    count = cfg.training.binding_monitor
+    if count < 0:
+        raise ValueError(f"training.binding_monitor={count}: expected a count of renders, 0 to turn it off")
+    probe = binding_probe(count) if cfg.data.kind == "shapes" and count else {}
 
     def reconstruct(decoder, images: torch.Tensor, captions: list[str], steps: int) -> torch.Tensor:
         """Decode ``images`` from their own CLIP image embeddings and ``captions`` (fixed seed)."""
