@@ -9,13 +9,21 @@ optionally with fp16 parameters (how ``checkpoints/shapes/`` ships).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from unclip.checkpoint import CONFIG_NAME, load_component
-from unclip.pipeline import DECODER, PIPELINE_FILE, PRIOR, UPSAMPLERS, StageSampling, UnCLIPPipeline, stored_sampling
+from unclip.pipeline import (
+    DECODER,
+    PIPELINE_FILE,
+    PRIOR,
+    UPSAMPLERS,
+    StageSampling,
+    UnCLIPPipeline,
+    pipeline_meta,
+    stored_sampling,
+)
 
 PARTS = ("clip", PRIOR, DECODER, *UPSAMPLERS)
 
@@ -38,11 +46,9 @@ def part_sampling(part: str, folder: Path) -> StageSampling | None:
     found = stored_sampling(folder)
     if found is not None:
         return found
-    meta_file = Path(folder).resolve().parent / PIPELINE_FILE
-    if not meta_file.is_file():
-        return None
-    stored = json.loads(meta_file.read_text()).get("stages", {}).get(part)
-    return None if stored is None else stored_sampling(folder, stored, f"{meta_file}:{part}")
+    root = Path(folder).resolve().parent
+    stored = pipeline_meta(root).get("stages", {}).get(part)
+    return None if stored is None else stored_sampling(folder, stored, f"{root / PIPELINE_FILE}:{part}")
 
 
 def assemble(parts: dict[str, Path], out: str | Path, dtype: torch.dtype | None = None) -> Path:

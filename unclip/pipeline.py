@@ -193,7 +193,7 @@ class UnCLIPPipeline:
         root = Path(path)
         if not root.is_dir():
             raise FileNotFoundError(f"pipeline folder not found: {root}")
-        meta = json.loads((root / PIPELINE_FILE).read_text()) if (root / PIPELINE_FILE).is_file() else {}
+        meta = pipeline_meta(root)
         listed = meta.get("components")
         names = [n for n in ("clip", *STAGES) if is_component(root / n) and (listed is None or n in listed)]
         if not names:
@@ -567,6 +567,12 @@ def _pick(value: StageValue, name: str, stage: str, default: Any, scalar: bool =
             return value["upsampler"]
         return default
     return value if scalar else default
+
+
+def pipeline_meta(root: Path) -> dict:
+    """The pipeline folder ``root``'s ``pipeline.json`` (components, per-stage sampling); {} if it has none."""
+    meta_file = Path(root) / PIPELINE_FILE
+    return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
 
 
 def stored_sampling(folder: Path, stored: dict | None = None, where: str | None = None) -> StageSampling | None:
