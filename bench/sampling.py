@@ -5,7 +5,7 @@ UnCLIPPipeline on identical weights, side by side in one run.
     python bench/sampling.py --configs configs/shapes --repeats 1
     python bench/sampling.py --checkpoint checkpoints/shapes
 
-Both pipelines share the same networks (diffusers' gets them through ``unclip.karlo.to_diffusers``)
+Both pipelines share the same networks (diffusers' gets them through ``unclip.pipeline.karlo.to_diffusers``)
 and run Karlo's default steps (prior 25, decoder 25, upsampler 7) at batch 1 and 4. The first
 rows are like for like (UnCLIPScheduler everywhere, one prior sample per image, text → the first
 upsampler's size); the others show unclip's own defaults (ancestral DDPM, best of 2 prior samples),
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unclip.pipeline import UnCLIPPipeline
+from unclip.pipeline.cascade import UnCLIPPipeline
 
 PROMPT = "a small red circle in the top left on a white background"
 KARLO_STEPS = {"prior": 25, "decoder": 25, "upsampler": 7}
@@ -94,7 +94,7 @@ def main() -> int:
 
     rows: list[tuple[str, object]] = []
     try:
-        from unclip.karlo import to_diffusers
+        from unclip.pipeline.karlo import to_diffusers
 
         oracle = to_diffusers(pipe).to(device)
         oracle.set_progress_bar_config(disable=True)

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
-from unclip.batches import batch_stream
+from unclip.training.batches import batch_stream
 from unclip.config import load_stage_config
-from unclip.ema import EMA
-from unclip.stages import StageContext, build_task
-from unclip.training import NetworkCall, make_accelerator, optimisation_step
+from unclip.training.ema import EMA
+from unclip.training.stages import StageContext, build_task
+from unclip.training.loop import PreparedNetwork, make_accelerator, optimisation_step
 
 
 def measure(config: Path, precision: str, steps: int, workdir: Path) -> tuple[str, int, float]:
@@ -34,7 +34,7 @@ def measure(config: Path, precision: str, steps: int, workdir: Path) -> tuple[st
     cfg.training.clip_checkpoint = None
     accelerator = make_accelerator(cfg.training, workdir)
     try:
-        task = build_task(cfg, StageContext(accelerator.device, config_path=config))
+        task = build_task(cfg, StageContext(accelerator.device))
         model = task.model.to(accelerator.device).train()
         if task.init is not None:
             task.init(model)
@@ -43,7 +43,7 @@ def measure(config: Path, precision: str, steps: int, workdir: Path) -> tuple[st
         wrapped, optimizer = accelerator.prepare(model, optimizer)
         batch = next(batch_stream(task.dataset, cfg.training.batch_size))
         one = itertools.repeat(batch)  # the same batch every step: data loading is not timed
-        call = NetworkCall(wrapped, model)
+        call = PreparedNetwork(wrapped, model)
         times = []
         for step in range(steps + 1):  # step 0 warms up (allocations, kernel selection)
             _sync(accelerator.device)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from unclip.config import Degradation
 from unclip.data.shapes import ShapesDataset
-from unclip.degradations import _DEGRADE, upsample_condition, upsampler_pair
+from unclip.data.degradations import _DEGRADE, upsample_condition, upsampler_pair
 
 CASES = (("64→256", 64, 256, Degradation.blur), ("256→1024", 256, 1024, Degradation.bsr))
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unclip.assemble import assemble, find_exports
+from unclip.pipeline.assemble import assemble, find_exports
 from unclip.checkpoint import is_matrix, save_component
-from unclip.pipeline import UnCLIPPipeline
+from unclip.pipeline.cascade import UnCLIPPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import torch
 
 from unclip.cli import main
 from unclip.data.shapes import HELD_OUT_PAIRS, image_to_tensor, swap_places
-from unclip.evaluate import EvalSettings, generate_side, markdown
-from unclip.stages.decoder import binding_accuracy, binding_probe
+from unclip.evaluation.report import EvalSettings, generate_side, markdown
+from unclip.training.stages.decoder import binding_accuracy, binding_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_the_binding_monitor_can_be_turned_off_and_refuses_a_negative_count(tmp_
 
 
 def test_eval_true_image_embedding_feeds_the_renders_own_clip_embedding(tiny_pipeline, monkeypatch):
-    from unclip.evaluate import one_object_scenes
+    from unclip.evaluation.report import one_object_scenes
 
     scenes = one_object_scenes([("red", "circle"), ("blue", "square")], 3, seed=0)
     seen = {}

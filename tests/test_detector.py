@@ -15,7 +15,7 @@ from unclip.data.shapes import (
     scene_from_attributes,
     scene_from_spec,
 )
-from unclip.detector import _components, detect, score
+from unclip.evaluation.detector import _components, detect, score
 
 
 def test_accuracy_on_real_renders():

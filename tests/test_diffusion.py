@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UnCLIPScheduler
 
 from unclip.config import BetaSchedule, DiffusionConfig, Prediction, Variance, load_stage_config
-from unclip.diffusion import (
+from unclip.diffusion.schedule import (
     GaussianDiffusion,
     Sampler,
     discretized_gaussian_log_likelihood,

@@ -49,8 +49,8 @@ def test_the_prior_trains_on_embeddings_without_images(embeddings, tmp_path, mon
     import numpy as np
 
     from unclip.checkpoint import load_component
-    from unclip.clip import ClipEncoder
-    from unclip.stages.prior import MONITOR_COUNT
+    from unclip.networks.clip import ClipEncoder
+    from unclip.training.stages.prior import MONITOR_COUNT
 
     encoded, real = [], ClipEncoder.encode_image
 

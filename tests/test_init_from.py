@@ -8,8 +8,8 @@ import torch
 from unclip.checkpoint import init_weights, load_component, save_component
 from unclip.cli import main
 from unclip.config import DecoderConfig, PriorConfig
-from unclip.decoder import Decoder
-from unclip.prior import Prior
+from unclip.networks.decoder import Decoder
+from unclip.networks.prior import Prior
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Edits by RePaint-style inpainting (unclip.inpaint) on the tiny random cascade."""
+"""Edits by RePaint-style inpainting (unclip.pipeline.inpaint) on the tiny random cascade."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from unclip.config import DiffusionConfig, Variance
-from unclip.diffusion import Sampler, make_scheduler
-from unclip.inpaint import Known, inpaint, keep_mask, known_at, paste_known, repaint_loop
+from unclip.diffusion.schedule import Sampler, make_scheduler
+from unclip.pipeline.inpaint import Known, inpaint, keep_mask, known_at, paste_known, repaint_loop
 
 
 def photo_with_hole(side: int = 96, seed: int = 0) -> tuple[Image.Image, np.ndarray]:

@@ -19,10 +19,10 @@ from diffusers import (
 )
 from safetensors.torch import save_file
 
-from unclip.clip import ClipEncoder
+from unclip.networks.clip import ClipEncoder
 from unclip.config import load_stage_config
-from unclip.decoder import TextProj
-from unclip.pipeline import UnCLIPPipeline
+from unclip.networks.decoder import TextProj
+from unclip.pipeline.cascade import UnCLIPPipeline
 
 STEPS = {"prior": 3, "decoder": 3, "upsampler": 3}
 
@@ -129,7 +129,7 @@ def test_karlo_pipeline_matches_diffusers_on_the_same_folder(karlo, diffusers_or
     """The loaded folder samples exactly as diffusers' UnCLIPPipeline built from the same modules."""
     from diffusers import UnCLIPPipeline as DiffusersUnCLIP
 
-    from unclip.karlo import diffusers_text_proj, hf_text_encoder, hf_tokenizer
+    from unclip.pipeline.karlo import diffusers_text_proj, hf_text_encoder, hf_tokenizer
 
     root, modules, clip_cfg, _ = karlo
     pipe = UnCLIPPipeline.from_karlo(root, clip=clip_cfg)

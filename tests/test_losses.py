@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from unclip.clip import TextEncoding
+from unclip.networks.clip import TextEncoding
 from unclip.config import BetaSchedule, DecoderConfig, DiffusionConfig, PriorConfig, Prediction, UpsamplerConfig, Variance
-from unclip.decoder import Decoder
-from unclip.diffusion import GaussianDiffusion
-from unclip.losses import decoder_loss, prior_loss, upsampler_loss
-from unclip.prior import Prior
-from unclip.upsampler import Upsampler
+from unclip.networks.decoder import Decoder
+from unclip.diffusion.losses import GaussianDiffusion
+from unclip.training.losses import decoder_loss, prior_loss, upsampler_loss
+from unclip.networks.prior import Prior
+from unclip.networks.upsampler import Upsampler
 
 D, L = 32, 77
 
@@ -113,7 +113,7 @@ def test_upsampler_overfits_one_batch(schedule):
 
 
 def test_offset_noise_adds_one_value_per_image_and_channel():
-    from unclip.losses import _noised
+    from unclip.training.losses import _noised
 
     diffusion = GaussianDiffusion(DiffusionConfig())
     x0 = torch.zeros(64, 3, 16, 16)

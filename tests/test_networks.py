@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from unclip.config import DecoderConfig, PriorConfig, UpsamplerConfig
-from unclip.decoder import Decoder, TextProj
-from unclip.prior import Prior
-from unclip.upsampler import Upsampler
+from unclip.networks.decoder import Decoder, TextProj
+from unclip.networks.prior import Prior
+from unclip.networks.upsampler import Upsampler
 
 B, L, D = 2, 77, 32
 
@@ -157,7 +157,7 @@ def test_decoder_rejects_heads_that_do_not_divide_the_channels():
 
 
 def test_decoder_coordinates_load_plain_weights_and_then_see_position():
-    from unclip.decoder import coordinate_maps
+    from unclip.networks.decoder import coordinate_maps
 
     torch.manual_seed(0)
     plain = Decoder(DecoderConfig()).eval()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from unclip.cli import main
-from unclip.commands.params import stage_parameter_counts
+from unclip.cli.params import stage_parameter_counts
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -49,9 +49,9 @@ def test_import_pulls_no_training_or_server_dependency():
     import sys
 
     code = ("import sys\n"
-            "import unclip.config, unclip.clip, unclip.prior, unclip.decoder, unclip.upsampler, unclip.diffusion\n"
-            "import unclip.checkpoint, unclip.losses, unclip.cli\n"
-            "bad = [m for m in ('unclip.training', 'fastapi', 'uvicorn', 'tensorboard', 'openai') if m in sys.modules]\n"
+            "import unclip.config, unclip.networks.clip, unclip.networks.prior, unclip.networks.decoder, unclip.networks.upsampler, unclip.diffusion.schedule\n"
+            "import unclip.checkpoint, unclip.training.losses, unclip.cli\n"
+            "bad = [m for m in ('unclip.training.loop', 'fastapi', 'uvicorn', 'tensorboard', 'openai') if m in sys.modules]\n"
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,12 +12,12 @@ from conftest import TINY_CONFIGS, give_zero_inits_values
 from PIL import Image
 from torch import nn
 
-from unclip.clip import tensor_to_pil
-from unclip.decoder import TextProj
-from unclip.diffusion import make_scheduler
-from unclip.latents import slerp, text_diff_embeddings
-from unclip.manipulate import invert_pixels, manipulation_plan
-from unclip.pipeline import UnCLIPPipeline, load_image
+from unclip.networks.clip import tensor_to_pil
+from unclip.networks.decoder import TextProj
+from unclip.diffusion.schedule import make_scheduler
+from unclip.pipeline.latents import slerp, text_diff_embeddings
+from unclip.pipeline.manipulate import invert_pixels, manipulation_plan
+from unclip.pipeline.cascade import UnCLIPPipeline, load_image
 
 FAST = {"prior": 2, "decoder": 2, "upsampler": 2}
 
@@ -363,8 +363,8 @@ def test_text_diff_frames(tiny_pipeline, photos):
 def test_upsampler_with_a_sample_start_begins_from_the_noised_conditioning():
     from dataclasses import replace
 
-    from unclip.degradations import upsample_condition
-    from unclip.diffusion import GaussianDiffusion
+    from unclip.data.degradations import upsample_condition
+    from unclip.diffusion.losses import GaussianDiffusion
 
     pipe = UnCLIPPipeline.from_configs(TINY_CONFIGS, seed=0)
     slot = "upsampler_256"

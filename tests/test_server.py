@@ -360,7 +360,7 @@ def assert_error_status(response, status, code):
 
 
 class Gate:
-    """Holds the worker thread inside ``Studio.generate`` until opened; records each batch's prompts."""
+    """Holds the worker thread inside ``Worker.generate`` until opened; records each batch's prompts."""
 
     def __init__(self, studio):
         self.studio, self.inner = studio, studio.generate

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import unclip.training
+import unclip.training.loop
 from unclip.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,17 +33,17 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 def test_a_crashed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, stage):
     assert cli(train_args(stage, tmp_path / "straight")) == 0
 
-    real_step = unclip.training.optimisation_step
+    real_step = unclip.training.loop.optimisation_step
 
     def crash_in_step_k_plus_1(*args):
         if args[-1] == K + 1:  # the step number: die after checkpoint K, mid-step
             raise KeyboardInterrupt
         return real_step(*args)
 
-    monkeypatch.setattr(unclip.training, "optimisation_step", crash_in_step_k_plus_1)
+    monkeypatch.setattr(unclip.training.loop, "optimisation_step", crash_in_step_k_plus_1)
     assert cli(train_args(stage, tmp_path / "resumed")) == 130
     assert (tmp_path / "resumed/checkpoints/latest").read_text() == f"step_{K:06d}"
-    monkeypatch.setattr(unclip.training, "optimisation_step", real_step)
+    monkeypatch.setattr(unclip.training.loop, "optimisation_step", real_step)
     assert cli(train_args(stage, tmp_path / "resumed", "--resume")) == 0
 
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from unclip.assemble import assemble, find_exports
+from unclip.pipeline.assemble import assemble, find_exports
 
 
 def main() -> int:

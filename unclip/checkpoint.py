@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import open_clip
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from unclip.clip import ClipEncoder, load_open_clip_weights
 from unclip.config import ClipConfig, ConfigError, from_dict, to_dict
-from unclip.decoder import Decoder
-from unclip.prior import Prior
-from unclip.upsampler import Upsampler
+from unclip.networks.clip import ClipEncoder, load_open_clip_weights
+from unclip.networks.decoder import Decoder
+from unclip.networks.prior import Prior
+from unclip.networks.upsampler import Upsampler
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -41,8 +42,6 @@ def component_name(module: nn.Module) -> str:
 def _trained_name(module: nn.Module) -> str:
     """``component_name``, or "clip" for the bare open_clip model the CLIP stage trains (its
     export wraps it in a ClipEncoder, whose weights carry a ``model.`` prefix)."""
-    import open_clip
-
     if isinstance(module, (open_clip.CLIP, open_clip.CustomTextCLIP)):
         return "clip"
     return component_name(module)
@@ -59,21 +58,27 @@ def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | N
     """Write ``module`` (its config and weights) to ``folder``; ``dtype`` casts the floating weight
     matrices and kernels (e.g. torch.float16 for shipped checkpoints) while 1-D tensors (biases,
     norms, the prior's embedding statistics; see ``is_matrix``) keep their precision at a negligible
-    cost in bytes; ``extra`` adds keys to config.json, e.g. the stage's ``diffusion`` settings that
-    the pipeline samples with. Written to a temporary name,
-    then renamed."""
+    cost in bytes; ``extra`` adds keys to config.json: a stage's sampling defaults (``diffusion``,
+    ``sampler``)."""
+    meta = {"component": component_name(module), "config": to_dict(module.cfg), **(extra or {})}
+    return write_folder(folder, module.state_dict(), meta, dtype)
+
+
+def write_folder(folder: str | Path, state: dict[str, torch.Tensor], config: dict,
+                 dtype: torch.dtype | None = None) -> Path:
+    """``config.json`` + ``model.safetensors`` in ``folder``, the weights written to a temporary
+    name and then renamed; ``dtype`` casts the floating matrices (see ``save_component``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {}
-    for key, value in module.state_dict().items():
+    tensors = {}
+    for key, value in state.items():
         value = value.detach().cpu().contiguous()
         cast = dtype is not None and value.is_floating_point() and is_matrix(value)
-        state[key] = value.to(dtype) if cast else value
+        tensors[key] = value.to(dtype) if cast else value
     tmp = folder / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp))
+    save_file(tensors, str(tmp))
     tmp.replace(folder / WEIGHTS_NAME)
-    meta = {"component": component_name(module), "config": to_dict(module.cfg), **(extra or {})}
-    (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     return folder
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,11 +27,27 @@ class ConfigError(ValueError):
 # enums (small explicit registries instead of strings threaded through if/elif chains)
 
 
-class Stage(str, enum.Enum):
+class Stage(enum.StrEnum):
+    """The cascade's parts, in order: the one vocabulary of stage names. A stage names a stage
+    config file's ``stage``, a pipeline folder's sub-folder, a key of per-stage sampling options
+    and ``unclip train``'s argument."""
+
     clip = "clip"
     prior = "prior"
     decoder = "decoder"
-    upsampler = "upsampler"
+    upsampler_256 = "upsampler_256"  # the first upsampler (64→256; tiny configs 32→64)
+    upsampler_1024 = "upsampler_1024"  # the second (256→1024; tiny configs 64→128)
+
+    @property
+    def component(self) -> str:
+        """The network kind a component folder's config.json names: "upsampler" for both upsamplers."""
+        return UPSAMPLER if self in UPSAMPLERS else self.value
+
+
+UPSAMPLER = "upsampler"  # names both upsampler stages (``unclip train upsampler``, ``--steps upsampler=N``)
+UPSAMPLERS = (Stage.upsampler_256, Stage.upsampler_1024)  # in cascade order
+SAMPLED_STAGES = (Stage.prior, Stage.decoder, *UPSAMPLERS)  # the stages that sample (CLIP only encodes)
+GUIDED_STAGES = (Stage.prior, Stage.decoder)  # classifier-free guidance; the upsamplers are never guided
 
 
 class BetaSchedule(str, enum.Enum):
@@ -243,7 +258,7 @@ class DecoderStageConfig:
 
 @dataclass
 class UpsamplerStageConfig:
-    stage: Stage = Stage.upsampler
+    stage: Stage = Stage.upsampler_256  # upsampler_256 or upsampler_1024: the pipeline slot it trains
     upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(sample_steps=7))
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -254,7 +269,8 @@ STAGE_CONFIGS: dict[Stage, type] = {
     Stage.clip: ClipStageConfig,
     Stage.prior: PriorStageConfig,
     Stage.decoder: DecoderStageConfig,
-    Stage.upsampler: UpsamplerStageConfig,
+    Stage.upsampler_256: UpsamplerStageConfig,
+    Stage.upsampler_1024: UpsamplerStageConfig,
 }
 
 StageConfig = ClipStageConfig | PriorStageConfig | DecoderStageConfig | UpsamplerStageConfig
@@ -365,21 +381,24 @@ def load_stage_config(path: str | Path, overrides: list[str] | None = None) -> S
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     apply_overrides(data, overrides or [])
+    if data.get("stage") == UPSAMPLER:
+        data["stage"] = _upsampler_slot(data.get("upsampler") or {}).value
     stage_name = data.get("stage")
     try:
         stage = Stage(stage_name)
     except ValueError:
-        raise ConfigError(f"{path}: 'stage' must be one of {[s.value for s in Stage]}, got {stage_name!r}")
+        raise ConfigError(f"{path}: 'stage' must be one of {[s.value for s in Stage]}, got {stage_name!r}") from None
     return from_dict(STAGE_CONFIGS[stage], data, where=str(path))
 
 
-def stage_config_from_dict(data: dict[str, Any], where: str = "config") -> StageConfig:
-    return from_dict(STAGE_CONFIGS[Stage(data.get("stage"))], data, where)
+def _upsampler_slot(section: dict[str, Any]) -> Stage:
+    """The slot of a file that says only ``stage: upsampler`` (written before the slots had names):
+    the second upsampler when it reads 256-pixel conditioning or writes more than 256 pixels."""
+    defaults = UpsamplerConfig()
+    low = section.get("low_res_size", defaults.low_res_size)
+    high = section.get("sample_size", defaults.sample_size)
+    return Stage.upsampler_1024 if low >= 256 or high > 256 else Stage.upsampler_256
 
 
 def save_yaml(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-
-def save_json(config: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(config), indent=2))

@@ -13,10 +13,11 @@ import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import IterableDataset, get_worker_info
+
+from unclip.data.images import image_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +42,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
     """Shorter side to ``resolution`` (bicubic, antialiased), then the central square."""
     return ImageOps.fit(image, (resolution, resolution), method=Image.Resampling.BICUBIC)
-
-
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image → FloatTensor [3, H, W] in [-1, 1]."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
-    return pixels.permute(2, 0, 1).float() / 127.5 - 1
-
-
-def tensor_to_image(x: torch.Tensor) -> Image.Image:
-    """FloatTensor [3, H, W] in [-1, 1] → RGB PIL image (the inverse of :func:`image_to_tensor`)."""
-    pixels = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")
 
 
 def prepare_image(image: Image.Image, resolution: int) -> torch.Tensor:

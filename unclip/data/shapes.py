@@ -1,7 +1,7 @@
 """The built-in synthetic *shapes* data set (DESIGN.md §6).
 
 A square canvas with one background and one or two coloured shapes, captioned from fixed
-templates and carrying exact ground truth, so that a detector (`unclip.detector`) can score
+templates and carrying exact ground truth, so that a detector (`unclip.evaluation.detector`) can score
 generated images. All geometry is in canvas fractions (x right, y down, both in [0, 1]), so a
 scene renders at any resolution.
 
@@ -20,9 +20,10 @@ import random
 import re
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from unclip.data.images import image_to_tensor
 
 # ----------------------------------------------------------------------------------------------
 # vocabulary
@@ -360,12 +361,6 @@ def parse_caption(text: str) -> SceneSpec:
 
 # ----------------------------------------------------------------------------------------------
 # torch data set
-
-
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB image → float tensor [3, H, W] in [-1, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
 class ShapesDataset(torch.utils.data.IterableDataset):

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset
 
-from unclip.data.folder import consumer_slot, decode_image, epochs_range, tensor_to_image
+from unclip.data.folder import consumer_slot, decode_image, epochs_range
+from unclip.data.images import tensor_to_image
 
 logger = logging.getLogger(__name__)
 

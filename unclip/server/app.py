@@ -21,14 +21,21 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from unclip.pipeline import STAGES, StageValue, UnCLIPPipeline
+from unclip.config import SAMPLED_STAGES
+from unclip.pipeline import UnCLIPPipeline
+from unclip.pipeline.plan import StageValue
 from unclip.server import schema
-from unclip.server.errors import APIError, error_response, from_value_error, install_handlers
+from unclip.server.errors import (
+    APIError,
+    error_response,
+    from_value_error,
+    install_handlers,
+)
 from unclip.server.files import ImageStore
 from unclip.server.jobs import JobBuilder
 from unclip.server.params import DALL_E_2
 from unclip.server.queue import ClientGone, Job, QueueFull, Slot, WorkQueue
-from unclip.server.work import Studio
+from unclip.server.work import Worker
 
 
 def create_app(pipeline: UnCLIPPipeline, *, api_key: str | None = None, max_queue: int = 16,
@@ -45,10 +52,10 @@ def create_app(pipeline: UnCLIPPipeline, *, api_key: str | None = None, max_queu
     edits. ``image_dir``: where URL images live (default: a temporary folder). ``public_url``: the
     base of the returned URLs (default: the request's own host).
     """
-    pipeline.plan([s for s in STAGES if pipeline.component(s) is not None], steps)  # a bad `steps` fails now
+    pipeline.plan([s for s in SAMPLED_STAGES if pipeline.component(s) is not None], steps=steps)  # a bad `steps` fails now
     store = ImageStore(image_dir, image_ttl_s)
     queue = WorkQueue(max_queue=max_queue, max_batch=max_batch)
-    studio = Studio(pipeline, store, steps=steps, eta=eta, resample=resample)
+    worker = Worker(pipeline, store, steps=steps, eta=eta, resample=resample)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -61,10 +68,10 @@ def create_app(pipeline: UnCLIPPipeline, *, api_key: str | None = None, max_queu
                               "Sizes map onto the cascade's stages: the smallest stage at least as large as "
                               "the requested side, shrunk to it, else the largest stage grown to it "
                               "(header x-unclip-source-size).")
-    app.state.queue, app.state.store, app.state.studio = queue, store, studio
+    app.state.queue, app.state.store, app.state.worker = queue, store, worker
     install_handlers(app)
     api = APIRouter(prefix="/v1", dependencies=[Depends(bearer_check(api_key))], responses=schema.responses(401))
-    add_image_routes(api, JobBuilder(pipeline, studio, model_name, public_url), queue)
+    add_image_routes(api, JobBuilder(pipeline, worker, model_name, public_url), queue)
     add_model_routes(api, model_name)
     app.include_router(api)
     add_site_routes(app, pipeline, model_name, queue, store)

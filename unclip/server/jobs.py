@@ -13,14 +13,21 @@ from unclip.server.errors import APIError
 from unclip.server.params import parse_common, parse_prompt
 from unclip.server.queue import Job
 from unclip.server.uploads import file_part, has_alpha, read_form, read_json, read_png
-from unclip.server.work import Delivery, EditTask, GenerateTask, InterpolateTask, Studio, VaryTask
+from unclip.server.work import (
+    Delivery,
+    EditTask,
+    GenerateTask,
+    InterpolateTask,
+    VaryTask,
+    Worker,
+)
 
 MAX_FRAMES = 16
 
 
 class JobBuilder:
-    def __init__(self, pipeline: UnCLIPPipeline, studio: Studio, model_name: str, public_url: str | None = None):
-        self.pipeline, self.studio, self.model_name = pipeline, studio, model_name
+    def __init__(self, pipeline: UnCLIPPipeline, worker: Worker, model_name: str, public_url: str | None = None):
+        self.pipeline, self.worker, self.model_name = pipeline, worker, model_name
         self.public_url = public_url.rstrip("/") + "/" if public_url else None
 
     def delivery(self, request: Request, common) -> Delivery:
@@ -38,8 +45,8 @@ class JobBuilder:
         prompt = self.prompt(fields.get("prompt"))
         common = parse_common(fields, self.model_name, text=False)
         task = GenerateTask(prompt, self.delivery(request, common))
-        key = ("generate", self.studio.source_side(common.side))  # generations of one stage batch together
-        return Job(run=self.studio.generate, payload=task, key=key, weight=common.n)
+        key = ("generate", self.worker.source_side(common.side))  # generations of one stage batch together
+        return Job(run=self.worker.generate, payload=task, key=key, weight=common.n)
 
     async def edit(self, request: Request) -> Job:
         fields, files = await read_form(request)
@@ -50,13 +57,13 @@ class JobBuilder:
         check_edit_images(image, mask)
         common = parse_common(fields, self.model_name, text=True)
         task = EditTask(prompt, image, mask, self.delivery(request, common))
-        return Job(run=self.studio.edit, payload=task, weight=common.n)
+        return Job(run=self.worker.edit, payload=task, weight=common.n)
 
     async def variation(self, request: Request) -> Job:
         fields, files = await read_form(request)
         image = read_png(file_part(files, fields, "image"), "image")
         common = parse_common(fields, self.model_name, text=True)
-        return Job(run=self.studio.vary, payload=VaryTask(image, self.delivery(request, common)), weight=common.n)
+        return Job(run=self.worker.vary, payload=VaryTask(image, self.delivery(request, common)), weight=common.n)
 
     async def interpolation(self, request: Request) -> Job:
         fields, files = await read_form(request)
@@ -64,7 +71,7 @@ class JobBuilder:
         image_b = read_png(file_part(files, fields, "image_b"), "image_b")
         common = parse_common(fields, self.model_name, text=True, n_name="frames", max_n=MAX_FRAMES, default_n=8)
         task = InterpolateTask(image_a, image_b, self.delivery(request, common))
-        return Job(run=self.studio.interpolate, payload=task, weight=common.n)
+        return Job(run=self.worker.interpolate, payload=task, weight=common.n)
 
 
 def check_edit_images(image, mask) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 
 from PIL import Image
 
-from unclip.inpaint import inpaint, resize_square
-from unclip.pipeline import StageValue, UnCLIPPipeline
+from unclip.pipeline import UnCLIPPipeline
+from unclip.pipeline.inpaint import resize_square
+from unclip.pipeline.plan import StageValue
 from unclip.server.files import ImageStore
 from unclip.server.params import Common
 
@@ -65,7 +66,7 @@ class InterpolateTask:
     delivery: Delivery  # common.n is the number of frames
 
 
-class Studio:
+class Worker:
     """The served pipeline and its per-request settings. Every method runs on the worker thread
     and takes a list of tasks (a batch), returning one ``Result`` per task."""
 
@@ -98,8 +99,8 @@ class Studio:
         for task in tasks:
             common = task.delivery.common
             source = self.source_side(common.side)
-            images = inpaint(self.pipe, task.image, task.prompt, mask=task.mask, n=common.n, size=source,
-                             output_side=common.side, steps=self.steps, resample=self.resample, progress=False)
+            images = self.pipe.inpaint(task.image, task.prompt, mask=task.mask, n=common.n, size=source,
+                                       output_side=common.side, steps=self.steps, resample=self.resample, progress=False)
             out.append(self.deliver(images, task.delivery, source))
         return out
 

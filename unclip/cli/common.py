@@ -1,0 +1,130 @@
+"""What the sampling subcommands share: choosing the pipeline, per-stage options, writing images."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+from unclip.config import SAMPLED_STAGES, UPSAMPLER
+
+STAGE_NAMES = (*SAMPLED_STAGES, UPSAMPLER)  # what STAGE= may name in --steps, --guidance and --sampler
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", metavar="PATH",
+                        help="pipeline folder (default: $UNCLIP_CHECKPOINT, else the shipped checkpoints/shapes)")
+    source.add_argument("--random-from", metavar="CONFIG_DIR",
+                        help="random weights built from a config folder such as configs/tiny: a smoke test, "
+                             "the images are noise")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, guidance_stages: str) -> None:
+    parser.add_argument("--size", type=int, help="output side; default: the largest the pipeline makes up to 256 (pass --size 1024 for 1024)")
+    parser.add_argument("--steps", nargs="+", type=stage_value(int), metavar="[STAGE=]N",
+                        help=f"sampling steps: N for every stage, or STAGE=N (stages: {', '.join(STAGE_NAMES)})")
+    parser.add_argument("--guidance", nargs="+", type=stage_value(float), metavar="[STAGE=]G",
+                        help=f"classifier-free guidance scale: G for the {guidance_stages}, or STAGE=G")
+    parser.add_argument("--seed", type=int, help="random seed (default: a fresh one)")
+    parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def stage_value(cast):
+    """argparse type for ``VALUE`` or ``STAGE=VALUE``: returns (stage or None, value)."""
+
+    def parse(text: str):
+        stage, sep, raw = text.rpartition("=")
+        if sep and stage not in STAGE_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown stage {stage!r} in {text!r} (stages: {', '.join(STAGE_NAMES)})")
+        try:
+            return (stage or None, cast(raw))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a valid {cast.__name__}") from None
+
+    parse.__name__ = cast.__name__
+    return parse
+
+
+def stage_values(items: list[tuple[str | None, object]] | None, bare_stages: tuple[str, ...]):
+    """Per-stage dict from ``--steps``-style items; a bare value applies to ``bare_stages``."""
+    if not items:
+        return None
+    values: dict[str, object] = {}
+    for stage, value in items:  # bare values first, so that STAGE=… wins whatever the order
+        if stage is None:
+            values.update({s: value for s in bare_stages})
+    values.update({stage: value for stage, value in items if stage is not None})
+    return values
+
+
+def load_pipeline(args: argparse.Namespace):
+    """The pipeline named by --checkpoint / --random-from, else the default checkpoint."""
+    import torch
+
+    from unclip.pipeline import UnCLIPPipeline, default_checkpoint
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.random_from:
+        pipe = UnCLIPPipeline.from_configs(args.random_from, seed=0, device=device)
+        print(f"note: random weights built from {args.random_from} (nothing trained): the images are noise; "
+              "pass --checkpoint PATH for a trained pipeline", file=sys.stderr)
+        return pipe
+    path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    if not path.is_dir():
+        if args.checkpoint:
+            raise FileNotFoundError(f"--checkpoint: no pipeline folder at {path}")
+        raise ValueError(f"no --checkpoint given and the default checkpoint {path} does not exist yet; pass "
+                         "--checkpoint PATH (a pipeline folder, e.g. training exports copied together), set "
+                         "UNCLIP_CHECKPOINT, or try the command on random weights with --random-from configs/tiny")
+    return UnCLIPPipeline.from_pretrained(path, device=device)
+
+
+def slug(text: str, limit: int = 40) -> str:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return "-".join(words)[:limit].strip("-") or "image"
+
+
+def save_images(images, out: Path, stem: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = out / f"{stem}-{i}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def save_grid(images, path: Path, columns: int | None = None, captions: list[str] | None = None) -> Path:
+    """All images on one sheet, ``columns`` per row (default: as square as possible), each with
+    its caption (wrapped) under it when ``captions`` are given."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    w, h = images[0].size
+    font = ImageFont.load_default(size=max(10, w // 18)) if captions else None
+    lines = [textwrap.wrap(c, width=max(12, int(w / (0.55 * font.size)))) for c in captions] if captions else []
+    line_h = int(font.size * 1.25) if captions else 0
+    band = line_h * max(map(len, lines), default=0) + (line_h // 2 if captions else 0)
+    sheet = Image.new("RGB", (columns * w, rows * (h + band)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, image in enumerate(images):
+        x, y = (i % columns) * w, (i // columns) * (h + band)
+        sheet.paste(image, (x, y))
+        for j, line in enumerate(lines[i] if captions else []):
+            draw.text((x + 4, y + h + 2 + j * line_h), line, fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def report(paths: list[Path]) -> None:
+    for path in paths:
+        print(path)

@@ -1,0 +1,48 @@
+"""``unclip interpolate IMAGE_A IMAGE_B``: frames between two images (paper §3.2): a slerp of their
+CLIP image embeddings with fixed, slerped or inverted decoder noise; PNGs and an animated GIF."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from unclip.cli.common import (
+    add_pipeline_arguments,
+    add_sampling_arguments,
+    load_pipeline,
+    report,
+    save_images,
+    slug,
+    stage_values,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image_a", help="the first square image")
+    parser.add_argument("image_b", help="the last square image")
+    parser.add_argument("--frames", type=int, default=8, help="frames including both ends (default 8)")
+    parser.add_argument("--noise", default="fixed", choices=("fixed", "slerp", "inverted"),
+                        help="decoder noise: one fixed x_T, a slerp of two random ones, or a slerp of both "
+                             "images' inverted x_T (the ends then reconstruct the images)")
+    parser.add_argument("--duration", type=int, default=150, help="GIF milliseconds per frame (default 150)")
+    add_sampling_arguments(parser, guidance_stages="decoder")
+    add_pipeline_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from unclip.config import SAMPLED_STAGES as STAGES
+    from unclip.config import Stage
+    from unclip.pipeline.inputs import check_count, load_image
+
+    check_count("--frames", args.frames, minimum=2)
+    image_a, image_b = load_image(args.image_a, "image_a"), load_image(args.image_b, "image_b")
+    pipe = load_pipeline(args)
+    frames = pipe.interpolate(image_a, image_b, frames=args.frames, noise=args.noise, size=args.size,
+                              seed=args.seed, steps=stage_values(args.steps, STAGES),
+                              guidance=stage_values(args.guidance, (Stage.decoder,)), progress=not args.quiet)
+    stem = f"{slug(Path(args.image_a).stem)}-to-{slug(Path(args.image_b).stem)}"
+    paths = save_images(frames, args.out, stem)
+    gif = args.out / f"{stem}.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=args.duration, loop=0)
+    report([*paths, gif])
+    return 0

@@ -1,0 +1,36 @@
+"""Layers the networks share: GroupNorm sizing and the decoder's coordinate-map input."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def norm_groups(channels: tuple[int, ...]) -> int:
+    """GroupNorm groups: 32 (ADM's choice) unless a narrow tiny model needs fewer."""
+    return math.gcd(32, *channels)
+
+
+class ConvInWithCoordinates(nn.Conv2d):
+    """``conv_in`` plus ``position(x, y maps)``: the same parameter names as the plain convolution
+    (so weights trained without coordinates load) and a zero-initialised ``position`` convolution."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        self.load_state_dict(conv.state_dict())
+        self.position = nn.Conv2d(2, conv.out_channels, conv.kernel_size, padding=conv.padding, bias=False)
+        nn.init.zeros_(self.position.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.position(coordinate_maps(x))
+
+
+def coordinate_maps(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, 2, H, W): x from −1 (left) to 1 (right), y from −1 (top) to 1 (bottom)."""
+    height, width = x.shape[-2:]
+    ys = torch.linspace(-1, 1, height, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, width, device=x.device, dtype=x.dtype)
+    grid = torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)])
+    return grid[None].expand(x.shape[0], -1, -1, -1)

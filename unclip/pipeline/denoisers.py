@@ -1,0 +1,60 @@
+"""Each stage's network as the ``model_fn(x_t, t)`` the diffusion loops call, conditioned and, for
+the prior and the decoder, guided: the ``[uncond; cond]`` batch of classifier-free guidance is
+built here and nowhere else (the pipeline and the training monitors both use these).
+
+uncond is the empty caption's encodings (``empty``, one row) for the prior, and the empty caption
+with the decoder's learned null image embedding for the decoder, whose guidance moves eps only
+(its variance channels come from the conditional half). Guidance 1 calls the network once, on
+the conditional batch alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unclip.diffusion.guidance import ModelFn, guided
+from unclip.networks.clip import TextEncoding
+from unclip.networks.decoder import Decoder
+from unclip.networks.prior import Prior
+from unclip.networks.upsampler import Upsampler
+
+
+def with_uncond(text: TextEncoding, empty: TextEncoding) -> TextEncoding:
+    """``[empty × B; text]``: a guided batch's conditioning, the unconditional half first."""
+    return TextEncoding.cat([empty.expand(len(text.emb)), text])
+
+
+def prior_denoiser(prior: Prior, text: TextEncoding, empty: TextEncoding, guidance: float) -> ModelFn:
+    """The prior on captions ``text`` (B rows): x_t (B, D) → standardised x0 (B, D)."""
+    cond = with_uncond(text, empty) if guidance != 1 else text
+
+    def model_fn(x_t, t):
+        return prior(x_t, t, text_emb=cond.emb, text_tokens=cond.tokens, text_mask=cond.mask)
+
+    return guided(model_fn, guidance) if guidance != 1 else model_fn
+
+
+def decoder_denoiser(decoder: Decoder, image_emb: torch.Tensor, text: TextEncoding, empty: TextEncoding,
+                     guidance: float) -> ModelFn:
+    """The decoder on image embeddings (B, D) and captions (B rows): x_t (B, 3, S, S) → eps (and
+    the variance interpolation, or v) (B, C, S, S)."""
+    if guidance != 1:
+        image_emb = torch.cat([decoder.text_proj.null_image_emb(len(image_emb)), image_emb])
+        text = with_uncond(text, empty)
+
+    def model_fn(x_t, t):
+        return decoder(x_t, t, image_emb=image_emb, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+
+    return guided(model_fn, guidance, guide_channels=3) if guidance != 1 else model_fn
+
+
+def upsampler_denoiser(upsampler: Upsampler, low_res: torch.Tensor, last_step: Upsampler | None = None,
+                       final_t: int | None = None) -> ModelFn:
+    """An upsampler conditioned on ``low_res`` (B, 3, s, s); ``last_step`` (Karlo's "improved SR"
+    UNet), when given, takes the step at timestep ``final_t``."""
+
+    def model_fn(x_t, t):
+        model = last_step if last_step is not None and int(t[0]) == final_t else upsampler
+        return model(x_t, t, low_res=low_res)
+
+    return model_fn

@@ -1,0 +1,169 @@
+"""Pipeline folders on disk, and pipelines of random weights built from a config folder.
+
+A pipeline folder holds one component folder per stage (``clip/``, ``prior/``, ``decoder/``,
+``upsampler_256/``, ``upsampler_1024/``; each ``config.json`` + ``model.safetensors``, the config
+carrying the stage's sampling defaults as ``diffusion`` and ``sampler``), a ``text_proj/`` mirror
+of the decoder's TextProj in diffusers' layout (``decoder/`` is what loads), optionally Karlo's
+last-step upsampler (``upsampler_256_last/``), and ``pipeline.json`` listing the components.
+Folders of format version 1 kept the sampling defaults in ``pipeline.json`` instead; they load
+the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from unclip.checkpoint import (
+    WEIGHTS_NAME,
+    is_component,
+    load_clip,
+    load_expected,
+    save_component,
+    write_folder,
+)
+from unclip.config import (
+    SAMPLED_STAGES,
+    UPSAMPLERS,
+    ClipConfig,
+    Stage,
+    from_dict,
+    load_stage_config,
+    to_dict,
+)
+from unclip.networks.build import build_network
+from unclip.networks.clip import ClipEncoder
+from unclip.networks.decoder import Decoder
+from unclip.networks.prior import Prior
+from unclip.networks.upsampler import Upsampler
+from unclip.pipeline.plan import StageSampling
+
+PIPELINE_FILE = "pipeline.json"
+FORMAT, VERSION = "unclip-pipeline", 2
+LAST_STEP_SUFFIX = "_last"  # Karlo's "improved SR": a separate UNet for an upsampler's final step
+
+
+@dataclass
+class PipelineParts:
+    """What an ``UnCLIPPipeline`` is made of (its constructor's arguments)."""
+
+    clip: ClipEncoder
+    prior: Prior | None = None
+    decoder: Decoder | None = None
+    upsamplers: dict[Stage, Upsampler] = field(default_factory=dict)
+    sampling: dict[Stage, StageSampling] = field(default_factory=dict)
+    last_steps: dict[Stage, Upsampler] = field(default_factory=dict)  # upsampler slot → its last-step UNet
+
+    @classmethod
+    def of(cls, clip: ClipEncoder, modules: dict[Stage, torch.nn.Module], **rest) -> PipelineParts:
+        upsamplers = {s: modules[s] for s in UPSAMPLERS if s in modules}
+        return cls(clip, modules.get(Stage.prior), modules.get(Stage.decoder), upsamplers, **rest)
+
+
+def default_checkpoint() -> Path:
+    """The pipeline used when none is named: ``$UNCLIP_CHECKPOINT``, else the shipped
+    ``checkpoints/shapes/`` beside the package."""
+    env = os.environ.get("UNCLIP_CHECKPOINT")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "checkpoints" / "shapes"
+
+
+def pipeline_meta(root: Path) -> dict:
+    """The pipeline folder ``root``'s ``pipeline.json`` (components, format); {} if it has none."""
+    meta_file = Path(root) / PIPELINE_FILE
+    return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+
+def stored_sampling(folder: Path) -> StageSampling | None:
+    """A stage component folder's sampling defaults: the ``diffusion`` (and ``sampler``) its
+    config.json carries; for a folder inside a version-1 pipeline folder, the ``stages`` entry of
+    that folder's ``pipeline.json``; else None."""
+    folder = Path(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    if "diffusion" in meta:
+        stored, where = {k: meta[k] for k in ("diffusion", "sampler") if k in meta}, str(folder / "config.json")
+    else:
+        stored = pipeline_meta(folder.parent).get("stages", {}).get(folder.name)
+        where = f"{folder.parent / PIPELINE_FILE}:{folder.name}"
+    return None if stored is None else from_dict(StageSampling, stored, where=where)
+
+
+def read_folder(path: str | Path, clip: ClipConfig | None = None) -> PipelineParts:
+    """The parts of the pipeline folder ``path``; ``clip`` replaces its ``clip/``."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"pipeline folder not found: {root}")
+    listed = pipeline_meta(root).get("components")
+    names = [s for s in Stage if is_component(root / s) and (listed is None or s in listed)]
+    if not names:
+        karlo = (root / "super_res_first").is_dir() or (root / "model_index.json").is_file()
+        hint = (" It looks like a diffusers (Karlo) folder: load it with UnCLIPPipeline.from_karlo(path, clip=...)."
+                if karlo else "")
+        raise ValueError(f"{root} holds none of the pipeline sub-folders clip/, prior/, decoder/, "
+                         f"upsampler_256/, upsampler_1024/ (each config.json + {WEIGHTS_NAME}).{hint}")
+    if clip is not None:
+        encoder = load_clip(clip)
+    elif Stage.clip in names:
+        encoder = load_expected(root / Stage.clip, Stage.clip.component)
+    else:
+        raise ValueError(f"missing component: {root} has no clip/ sub-folder; pass clip=ClipConfig(...) naming "
+                         "the CLIP the prior and decoder were trained with")
+    modules = {s: load_expected(root / s, s.component) for s in SAMPLED_STAGES if s in names}
+    last = {s: load_expected(root / (s + LAST_STEP_SUFFIX), Stage.upsampler_256.component)
+            for s in UPSAMPLERS if s in modules and is_component(root / (s + LAST_STEP_SUFFIX))}
+    sampling = {s: found for s in modules if (found := stored_sampling(root / s)) is not None}
+    return PipelineParts.of(encoder, modules, sampling=sampling, last_steps=last)
+
+
+def write_pipeline_folder(pipe, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``pipe`` (an ``UnCLIPPipeline``) as a pipeline folder; ``dtype`` (e.g. torch.float16)
+    casts the weight matrices, 1-D tensors keep their precision (see ``checkpoint.is_matrix``)."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    save_component(pipe.clip, root / Stage.clip, dtype)
+    components = [Stage.clip]
+    for stage in SAMPLED_STAGES:
+        module = pipe.component(stage)
+        if module is not None:
+            save_component(module, root / stage, dtype, extra=to_dict(pipe.sampling[stage]))
+            components.append(stage)
+    for stage, module in pipe.last_steps.items():
+        save_component(module, root / (stage + LAST_STEP_SUFFIX), dtype)
+    if pipe.decoder is not None:
+        proj = pipe.decoder.text_proj
+        write_folder(root / "text_proj", proj.state_dict(), {"_class_name": "UnCLIPTextProjModel", **proj.config()},
+                     dtype)
+    meta = {"format": FORMAT, "version": VERSION, "components": [str(c) for c in components]}
+    (root / PIPELINE_FILE).write_text(json.dumps(meta, indent=2))
+    return root
+
+
+def random_parts(config_dir: str | Path, seed: int = 0) -> PipelineParts:
+    """Random weights built from a config folder such as ``configs/tiny``: one stage YAML per
+    component, each naming its ``stage``. For tests and smoke runs only."""
+    folder = Path(config_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"config folder not found: {folder}")
+    found = {}
+    for path in sorted(folder.glob("*.yaml")):
+        cfg = load_stage_config(path)
+        if cfg.stage in found:
+            raise ValueError(f"{folder}: two files configure the {cfg.stage} stage")
+        found[cfg.stage] = cfg
+    cfgs = {s: found[s] for s in Stage if s in found}  # in cascade order: the CLIP comes from the first
+    if not cfgs:
+        raise ValueError(f"{folder} holds no stage YAML files ({', '.join(f'{s}.yaml' for s in Stage)})")
+    clip_cfg = next((c.clip for c in cfgs.values() if hasattr(c, "clip")), None)
+    if clip_cfg is None:
+        raise ValueError(f"{folder}: no stage file has a clip section, so the pipeline has no CLIP")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clip = ClipEncoder(replace(clip_cfg, pretrained=None))
+        modules = {s: build_network(cfgs[s]) for s in SAMPLED_STAGES if s in cfgs}
+    sampling = {s: StageSampling(diffusion=cfgs[s].diffusion) for s in modules}
+    return PipelineParts.of(clip, modules, sampling=sampling)

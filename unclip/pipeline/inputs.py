@@ -1,0 +1,67 @@
+"""Checks of what a user hands the pipeline: counts, prompts and images. Each ``ValueError`` names
+the argument, so the CLI and the server can show it as it is."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from unclip.networks.clip import ClipEncoder
+
+ImageInput = Image.Image | str | os.PathLike
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def token_count(clip: ClipEncoder, text: str) -> int:
+    """Tokens CLIP sees for ``text``, start and end tokens included (computed, not estimated)."""
+    room = 4 * len(text.encode("utf-8")) + 8  # BPE never makes more tokens than this
+    ids = clip.tokenizer([text], context_length=room)
+    return int(ids[0].argmax()) + 1  # EOT has the largest id
+
+
+def check_prompts(clip: ClipEncoder, prompts: str | Sequence[str], name: str = "prompt",
+                  allow_empty: bool = False) -> list[str]:
+    """The prompts as a list; each must be text, non-empty (unless ``allow_empty``) and fit the
+    CLIP's context."""
+    items = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not items:
+        raise ValueError(f"{name}: no prompt given")
+    limit = int(clip.model.context_length)
+    for text in items:
+        if not isinstance(text, str):
+            raise ValueError(f"{name}: expected text, got {type(text).__name__}")
+        if not text.strip() and not allow_empty:
+            raise ValueError(f"{name}: the prompt is empty")
+        count = token_count(clip, text)
+        if count > limit:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise ValueError(f"{name}: {shown!r} is {count} tokens long after tokenisation (start and end "
+                             f"tokens included); this CLIP reads at most {limit}")
+    return items
+
+
+def load_image(image: ImageInput, name: str = "image") -> Image.Image:
+    """An RGB PIL image from a PIL image or a path; it must be square."""
+    if not isinstance(image, Image.Image):
+        path = Path(image)
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (OSError, ValueError) as err:  # missing file, not an image, truncated data
+            raise ValueError(f"{name}: cannot read {path}: {err}") from None
+    image = image.convert("RGB")
+    w, h = image.size
+    if w != h:
+        side = min(w, h)
+        raise ValueError(f"{name}: the image is {w}×{h}, not square; crop it to a square first, e.g. "
+                         f"PIL.ImageOps.fit(image, ({side}, {side}))")
+    return image

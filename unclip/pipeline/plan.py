@@ -1,0 +1,182 @@
+"""The pipeline's shared vocabulary: how a stage samples, the options of one sampling call, and
+the per-stage plan that combines the two.
+
+Every module of ``unclip.pipeline`` imports this one and none of them imports the pipeline class,
+so the manipulations, inpainting, Karlo interop and folder I/O take a pipeline as an argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from PIL import Image
+
+from unclip.config import (
+    GUIDED_STAGES,
+    SAMPLED_STAGES,
+    UPSAMPLER,
+    UPSAMPLERS,
+    BetaSchedule,
+    DecoderStageConfig,
+    DiffusionConfig,
+    PriorStageConfig,
+    Stage,
+    UpsamplerStageConfig,
+    Variance,
+)
+from unclip.diffusion.schedule import Sampler, make_scheduler
+
+StageValue = Any  # a number or sampler name for every stage, or {stage: value}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # autocast dtype of each SamplingOptions.precision
+
+
+@dataclass
+class StageSampling:
+    """How one stage samples by default (stored with its component, in ``config.json``)."""
+
+    diffusion: DiffusionConfig  # schedule, parameterisation, default steps and guidance
+    sampler: Sampler = Sampler.ddpm  # ddpm (Karlo's ancestral sampling), ddim, dpmpp or unclip
+
+
+@dataclass
+class StageRun:
+    """One stage's settings for one call (defaults with the caller's options applied)."""
+
+    diffusion: DiffusionConfig
+    sampler: Sampler
+    steps: int
+    guidance: float
+
+    def scheduler(self):
+        return make_scheduler(self.diffusion, self.sampler)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The options every sampling call takes (``generate``, ``variations``, ``interpolate``,
+    ``text_diff``, ``inpaint``); the public methods also accept them as keyword arguments.
+
+    ``steps``, ``guidance`` and ``sampler`` are one value for every stage (guidance: the prior and
+    the decoder) or a ``{stage: value}`` dict, where ``"upsampler"`` names both upsamplers, e.g.
+    ``steps={"prior": 25, "decoder": 50}``, ``guidance={"decoder": 3}``, ``sampler="dpmpp"``.
+    """
+
+    size: int | None = None  # output side; None: the pipeline's default (at most 256)
+    steps: StageValue = None  # None: each stage's default
+    guidance: StageValue = None
+    sampler: StageValue = None
+    seed: int | None = None  # None (and no generator): a fresh seed
+    generator: torch.Generator | Sequence[torch.Generator] | None = None  # wins over seed; a list: one per row
+    progress: bool = True  # tqdm bars per stage
+    precision: str = "fp32"  # "bf16": bf16 autocast on the pipeline's device
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+
+    @staticmethod
+    def of(options: SamplingOptions | None, overrides: Mapping[str, Any]) -> SamplingOptions:
+        """``options`` (default: all defaults) with ``overrides`` (keyword arguments) applied."""
+        known = {f.name for f in dataclasses.fields(SamplingOptions)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown sampling option {unknown[0]!r} (options: {', '.join(sorted(known))})")
+        return replace(options or SamplingOptions(), **overrides)
+
+    def autocast(self, device: torch.device):
+        """The context a call samples in: bf16 autocast when ``precision`` asks for it."""
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+    def make_generator(self, device: torch.device):
+        """The call's random source: ``generator`` if given, else one seeded with ``seed`` (or afresh)."""
+        if self.generator is not None:
+            return self.generator
+        g = torch.Generator(device=device)
+        if self.seed is None:
+            g.seed()
+        else:
+            g.manual_seed(int(self.seed))
+        return g
+
+
+@dataclass
+class Generation:
+    """Everything ``generate(..., return_embeddings=True)`` produced, one row per image."""
+
+    images: list[Image.Image]
+    pixels: torch.Tensor  # (B, 3, H, W) in [-1, 1], before quantisation to 8 bits
+    image_emb: torch.Tensor  # (B, D) raw CLIP image embeddings chosen by the prior
+    text_emb: torch.Tensor  # (B, D) the prompts' CLIP text embeddings
+
+
+@dataclass
+class Latent:
+    """An image's bipartite latent (paper §3): its CLIP embedding and DDIM-inverted decoder noise."""
+
+    image_emb: torch.Tensor  # (1, D)
+    x_T: torch.Tensor  # (1, 3, S, S) at the decoder's side S
+
+
+def default_sampling(stage: Stage, learned_variance: bool = True) -> StageSampling:
+    """Sampling defaults for a stage when its folder does not say: prior 25 steps guidance 4,
+    decoder 25 steps guidance 8, upsamplers 7 steps (Karlo's), all ancestral DDPM."""
+    if stage is Stage.prior:
+        diffusion = PriorStageConfig().diffusion
+    elif stage is Stage.decoder:
+        diffusion = DecoderStageConfig().diffusion
+        if not learned_variance:
+            diffusion = replace(diffusion, variance=Variance.fixed_small)
+    else:
+        diffusion = UpsamplerStageConfig().diffusion
+    return StageSampling(diffusion=diffusion)
+
+
+def make_plan(sampling: Mapping[Stage, StageSampling], stages: Sequence[Stage],
+              options: SamplingOptions) -> dict[Stage, StageRun]:
+    """Per-stage settings for one call: each stage's defaults in ``sampling`` with ``options``'
+    steps, guidance and sampler applied, every value checked."""
+    plan = {}
+    for stage in stages:
+        defaults = sampling[stage]
+        n = _pick(options.steps, "steps", stage, defaults.diffusion.sample_steps)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"steps: the {stage} needs a whole number of steps, at least 1; got {n!r}")
+        g = _pick(options.guidance, "guidance", stage, defaults.diffusion.guidance_scale,
+                  scalar=stage in GUIDED_STAGES)
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or g < 0:
+            raise ValueError(f"guidance: expected a number >= 0 for the {stage}, got {g!r}")
+        if stage in UPSAMPLERS and g != 1:
+            raise ValueError(f"guidance: the upsamplers are never guided (got {g} for {stage})")
+        kind = _pick(options.sampler, "sampler", stage, defaults.sampler)
+        try:
+            kind = Sampler(kind)
+        except ValueError:
+            raise ValueError(f"sampler: {kind!r} is not one of {', '.join(s.value for s in Sampler)}") from None
+        if kind is Sampler.unclip and defaults.diffusion.beta_schedule is not BetaSchedule.cosine:
+            raise ValueError(f"sampler: 'unclip' needs the cosine schedule, but the {stage} uses "
+                             f"{defaults.diffusion.beta_schedule.value}; use ddpm, ddim or dpmpp")
+        plan[stage] = StageRun(defaults.diffusion, kind, n, float(g))
+    return plan
+
+
+def _pick(value: StageValue, name: str, stage: Stage, default: Any, scalar: bool = True) -> Any:
+    """The override of ``stage`` in ``value`` (see ``SamplingOptions``), else ``default``."""
+    if value is None:
+        return default
+    if isinstance(value, Mapping):
+        known = {*SAMPLED_STAGES, UPSAMPLER}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"{name}: unknown stage {unknown[0]!r} (stages: {', '.join(sorted(known))})")
+        if stage in value:
+            return value[stage]
+        if stage in UPSAMPLERS and UPSAMPLER in value:
+            return value[UPSAMPLER]
+        return default
+    return value if scalar else default

@@ -1,0 +1,96 @@
+"""Sampling each stage of a pipeline (paper §2): the prior's best-of-k embeddings, the decoder's
+64×64 images and the upsampler chain, each run with ``diffusion.sampling.sample_loop`` on a
+``StageRun``. Every function takes the pipeline (an ``UnCLIPPipeline``) as its first argument.
+
+- **prior** (§2.2): guided on its full x0 output; ``candidates`` samples per image, keeping the
+  one whose raw (unstandardised) embedding has the highest dot product with the text embedding.
+- **decoder** (§2.1): guided on eps only; output clamped to [−1, 1].
+- **upsamplers**: never guided; conditioned on the previous stage's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from unclip.config import Stage
+from unclip.data.degradations import upsample_condition
+from unclip.diffusion.sampling import sample_loop, set_timesteps
+from unclip.diffusion.schedule import noised_start
+from unclip.networks.clip import TextEncoding
+from unclip.pipeline.denoisers import (
+    decoder_denoiser,
+    prior_denoiser,
+    upsampler_denoiser,
+)
+from unclip.pipeline.plan import StageRun
+
+
+def draw_noise(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:
+    """N(0, I) of ``shape`` on ``device``; a list of generators draws one row each (diffusers' convention)."""
+    if isinstance(generator, (list, tuple)):
+        rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in generator]
+        return torch.cat(rows).to(device)
+    source = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=source).to(device)
+
+
+@torch.no_grad()
+def sample_prior(pipe, text: TextEncoding, run: StageRun, generator, *, candidates: int = 2,
+                 progress: bool = True) -> torch.Tensor:
+    """Raw CLIP image embeddings (B, D) for ``text`` (B rows): ``candidates`` samples each, the one
+    with the highest ⟨z_i, text_emb⟩ kept."""
+    batch = len(text.emb)
+    cond = text[torch.arange(batch, device=text.emb.device).repeat_interleave(candidates)]  # (B·k, ...)
+    fn = prior_denoiser(pipe.prior, cond, pipe.empty_caption(), run.guidance)
+    x_T = draw_noise((batch * candidates, pipe.prior.cfg.embedding_dim), generator, pipe.device)
+    x0 = sample_loop(fn, run.scheduler(), x_T, run.steps, generator=generator, desc="prior", progress=progress)
+    z = pipe.prior.unstandardise(x0).reshape(batch, candidates, -1)  # (B, k, D)
+    score = (z * text.emb[:, None]).sum(-1)  # (B, k)
+    return z[torch.arange(batch, device=z.device), score.argmax(dim=1)]
+
+
+def decoder_fn(pipe, image_emb: torch.Tensor, text: TextEncoding, guidance: float):
+    """The pipeline's decoder as a guided ``model_fn(x_t, t)`` (see ``denoisers.decoder_denoiser``)."""
+    return decoder_denoiser(pipe.decoder, image_emb, text, pipe.empty_caption(), guidance)
+
+
+@torch.no_grad()
+def decode(pipe, image_emb: torch.Tensor, text: TextEncoding, run: StageRun, generator, *,
+           x_T: torch.Tensor | None = None, eta: float = 0.0, progress: bool = True) -> torch.Tensor:
+    """Decoder samples (B, 3, S, S) in [−1, 1] for image embeddings (B, D) and captions (B)."""
+    side = pipe.decoder.cfg.sample_size
+    if x_T is None:
+        x_T = draw_noise((len(image_emb), 3, side, side), generator, pipe.device)
+    fn = decoder_fn(pipe, image_emb, text, run.guidance)
+    x0 = sample_loop(fn, run.scheduler(), x_T, run.steps, channels=3, generator=generator, eta=eta,
+                     desc="decoder", progress=progress)
+    return x0.clamp(-1, 1)
+
+
+def upsampler_fn(pipe, slot: Stage, low_res: torch.Tensor, scheduler, run: StageRun):
+    """Upsampler ``slot`` as ``model_fn(x_t, t)`` conditioned on ``low_res``; sampled with ``run``
+    on ``scheduler``, Karlo's last-step UNet (if loaded) takes the final step."""
+    last = pipe.last_steps.get(slot)
+    final_t = int(set_timesteps(scheduler, run.steps, run.diffusion.sample_start)[-1]) if last is not None else None
+    return upsampler_denoiser(pipe.upsamplers[slot], low_res, last, final_t)
+
+
+@torch.no_grad()
+def upsample(pipe, pixels: torch.Tensor, size: int, plan: Mapping[Stage, StageRun], generator, *,
+             progress: bool = True) -> torch.Tensor:
+    """Run the upsamplers that take ``pixels`` (B, 3, s, s; the decoder's output or an earlier
+    stage's) to ``size``; stages at or below side s are skipped."""
+    for slot in pipe.upsampler_chain(size):
+        run = plan[slot]
+        side = pipe.upsamplers[slot].cfg.sample_size
+        if side <= pixels.shape[-1]:
+            continue
+        scheduler = run.scheduler()
+        model_fn = upsampler_fn(pipe, slot, pixels, scheduler, run)
+        x_T = noised_start(run.diffusion, upsample_condition(pixels, side),
+                           draw_noise((len(pixels), 3, side, side), generator, pipe.device))
+        pixels = sample_loop(model_fn, scheduler, x_T, run.steps, channels=3, generator=generator,
+                             desc=str(slot), progress=progress, start=run.diffusion.sample_start).clamp(-1, 1)
+    return pixels

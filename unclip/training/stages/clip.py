@@ -1,0 +1,71 @@
+"""CLIP stage: a small open_clip model trained contrastively (open_clip's ``ClipLoss``), for offline work."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+
+from unclip.checkpoint import save_component
+from unclip.config import ClipStageConfig
+from unclip.data import build_dataset
+from unclip.evaluation.probes import relation_accuracy, relation_probe
+from unclip.networks.build import build_network
+from unclip.networks.clip import OPENAI_MEAN, OPENAI_STD, ClipEncoder
+from unclip.training.stages.common import StageContext, StageTask, held_out_shapes
+
+MONITOR_COUNT = 32  # held-out pairs for the retrieval monitor
+
+
+def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
+    model = build_network(cfg)  # open_clip.model.CLIP
+    tokenizer = open_clip.get_tokenizer(cfg.clip.name) if cfg.clip.name else open_clip.tokenize
+    side = model.visual.image_size
+    side = int(side[0] if isinstance(side, (tuple, list)) else side)
+    mean = torch.tensor(OPENAI_MEAN, device=ctx.device)[:, None, None]
+    std = torch.tensor(OPENAI_STD, device=ctx.device)[:, None, None]
+    # every process computes the loss over the whole global batch (open_clip's default)
+    clip_loss = ClipLoss(gather_with_grad=True, rank=ctx.rank, world_size=ctx.world_size)
+
+    def pixels(images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] → the tower's normalised input (as ClipEncoder.preprocess)."""
+        if images.shape[-1] != side:
+            images = F.interpolate(images, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+        return ((images.clamp(-1, 1) + 1) / 2 - mean) / std
+
+    def tokens(captions: list[str]) -> torch.Tensor:
+        return tokenizer(captions, context_length=model.context_length).to(ctx.device)
+
+    def loss(clip, batch):
+        out = clip(pixels(batch["image"]), tokens(batch["caption"]))
+        image_features, text_features, logit_scale = out[:3] if isinstance(out, tuple) else (
+            out["image_features"], out["text_features"], out["logit_scale"])
+        return {"loss": clip_loss(image_features, text_features, logit_scale)}
+
+    def after_step(clip) -> None:
+        with torch.no_grad():  # open_clip's clamp: a temperature of at most 100
+            clip.logit_scale.clamp_(0, math.log(100))
+
+    images, captions = held_out_shapes(side, MONITOR_COUNT)
+    pair_images, pair_captions, swapped_captions = relation_probe(side, MONITOR_COUNT)
+
+    @torch.no_grad()
+    def sample(clip, step: int, output: Path) -> dict[str, float]:
+        """Top-1 image→caption retrieval among held-out pairs (chance = 1/N; captions may repeat),
+        and `relation_accuracy` on fixed two-object renders (chance = 0.5)."""
+        image_emb = lambda x: clip.encode_image(pixels(x.to(ctx.device)))  # noqa: E731
+        text_emb = lambda c: clip.encode_text(tokens(c))  # noqa: E731
+        sims = F.normalize(image_emb(images), dim=-1) @ F.normalize(text_emb(captions), dim=-1).T
+        hits = [captions[j] == captions[i] for i, j in enumerate(sims.argmax(dim=1).tolist())]
+        relation = relation_accuracy(image_emb, text_emb, pair_images, pair_captions, swapped_captions)
+        return {"clip/top1": sum(hits) / len(hits), "clip/relation": relation}
+
+    def export(clip, folder: Path) -> None:
+        save_component(ClipEncoder(cfg.clip, model=clip), folder / "clip")
+
+    dataset = build_dataset(cfg.data, rank=ctx.rank, world_size=ctx.world_size)
+    return StageTask("clip", model, dataset, loss, export, sample=sample, after_step=after_step)
