@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unclip.pipeline.cascade import UnCLIPPipeline
+from unclip.pipeline import UnCLIPPipeline
 
 PROMPT = "a small red circle in the top left on a white background"
 KARLO_STEPS = {"prior": 25, "decoder": 25, "upsampler": 7}

@@ -32,7 +32,7 @@ def give_zero_inits_values(pipe, seed: int = 0) -> None:
 @pytest.fixture(scope="session")
 def tiny_pipeline():
     """The tiny cascade (decoder 32, upsamplers 32→64→128) with random weights. Do not mutate it."""
-    from unclip.pipeline.cascade import UnCLIPPipeline
+    from unclip.pipeline import UnCLIPPipeline
 
     pipe = UnCLIPPipeline.from_configs(TINY_CONFIGS, seed=0)
     give_zero_inits_values(pipe)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unclip.pipeline.assemble import assemble, find_exports
 from unclip.checkpoint import is_matrix, save_component
-from unclip.pipeline.cascade import UnCLIPPipeline
+from unclip.pipeline import UnCLIPPipeline
+from unclip.pipeline.assemble import assemble, find_exports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,8 +60,8 @@ def test_assemble_script_reports_a_missing_runs_root(tmp_path):
 
 
 def test_stages_taken_from_a_pipeline_folder_keep_its_sampling_settings(tmp_path):
-    """A stage re-used from a shipped pipeline folder has no sampling settings in its own config.json:
-    assemble must read them from that folder's pipeline.json, not fall back to the defaults."""
+    """A stage re-used from a shipped pipeline folder keeps the sampling settings it was shipped
+    with, not the defaults."""
     import dataclasses
     import json
 
@@ -78,7 +78,8 @@ def test_stages_taken_from_a_pipeline_folder_keep_its_sampling_settings(tmp_path
         (runs / part / "export").mkdir(parents=True)
         (runs / part / "export" / part).symlink_to(shipped / part)
     out = assemble(find_exports(runs), tmp_path / "again")
-    stages = lambda root: json.loads((root / "pipeline.json").read_text())["stages"]  # noqa: E731
-    assert stages(out) == stages(shipped)
-    assert stages(out)["decoder"]["diffusion"]["guidance_scale"] == 5.5
-    assert stages(out)[slot]["diffusion"]["sample_start"] == 123
+    stages = lambda root: UnCLIPPipeline.from_pretrained(root).sampling  # noqa: E731
+    assert stages(out) == stages(shipped) == pipe.sampling
+    assert stages(out)["decoder"].diffusion.guidance_scale == 5.5
+    assert stages(out)[slot].diffusion.sample_start == 123
+    assert json.loads((out / "decoder" / "config.json").read_text())["diffusion"]["guidance_scale"] == 5.5

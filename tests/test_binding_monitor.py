@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+import unclip.evaluation.report
 from unclip.cli import main
 from unclip.data.shapes import HELD_OUT_PAIRS, image_to_tensor, swap_places
 from unclip.evaluation.report import EvalSettings, generate_side, markdown
@@ -61,11 +62,11 @@ def test_eval_true_image_embedding_feeds_the_renders_own_clip_embedding(tiny_pip
     scenes = one_object_scenes([("red", "circle"), ("blue", "square")], 3, seed=0)
     seen = {}
 
-    def decode(image_emb, text, run, generator, progress=True):
+    def decode(pipe, image_emb, text, run, generator, progress=True):
         seen["image_emb"], seen["text_emb"] = image_emb, text.emb
         return torch.zeros(len(scenes), 3, 32, 32)
 
-    monkeypatch.setattr(tiny_pipeline, "decode", decode)
+    monkeypatch.setattr(unclip.evaluation.report, "decode", decode)
     settings = EvalSettings(steps={"decoder": 1})
     generate_side(tiny_pipeline, scenes, 32, settings, seed=0, source="image")
     side = tiny_pipeline.clip.image_size

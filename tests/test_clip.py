@@ -5,8 +5,9 @@ import torch
 from safetensors.torch import save_file
 
 from unclip.checkpoint import load_clip, load_component, save_component
-from unclip.networks.clip import ClipEncoder, pil_to_tensor, tensor_to_pil
 from unclip.config import ClipConfig
+from unclip.data.images import pil_to_tensor, tensor_to_pil
+from unclip.networks.clip import ClipEncoder
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from unclip.config import Degradation
-from unclip.data.degradations import bsr_degrade, condition_window, gaussian_blur, upsample_condition, upsampler_pair
+from unclip.data.degradations import (
+    bsr_degrade,
+    condition_window,
+    gaussian_blur,
+    upsample_condition,
+    upsampler_pair,
+)
 
 
 def smooth_image(size: int, batch: int = 2) -> torch.Tensor:

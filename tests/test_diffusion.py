@@ -6,18 +6,25 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UnCLIPScheduler
 
-from unclip.config import BetaSchedule, DiffusionConfig, Prediction, Variance, load_stage_config
-from unclip.diffusion.schedule import (
+from unclip.config import (
+    BetaSchedule,
+    DiffusionConfig,
+    Prediction,
+    Variance,
+    load_stage_config,
+)
+from unclip.diffusion.guidance import guided
+from unclip.diffusion.losses import (
     GaussianDiffusion,
-    Sampler,
     discretized_gaussian_log_likelihood,
-    guided,
+    normal_kl,
+)
+from unclip.diffusion.sampling import sample_loop, set_timesteps
+from unclip.diffusion.schedule import (
+    Sampler,
     inverse_scheduler,
     make_scheduler,
     noised_start,
-    normal_kl,
-    sample_loop,
-    set_timesteps,
 )
 
 COSINE = DiffusionConfig(beta_schedule=BetaSchedule.cosine)

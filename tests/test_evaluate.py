@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from unclip.cli import main
-from unclip.evaluation.report import TARGETS, _get, detector_accuracy, prompt_sets
 from unclip.evaluation.fid import InceptionFeatures, frechet_distance, statistics
+from unclip.evaluation.report import TARGETS, _get, detector_accuracy, prompt_sets
 
 
 def test_frechet_distance_closed_forms():

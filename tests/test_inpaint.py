@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from unclip.config import DiffusionConfig, Variance
+from unclip.diffusion.sampling import repaint_loop
 from unclip.diffusion.schedule import Sampler, make_scheduler
-from unclip.pipeline.inpaint import Known, inpaint, keep_mask, known_at, paste_known, repaint_loop
+from unclip.pipeline.inpaint import keep_mask, known_at, paste_known
 
 
 def photo_with_hole(side: int = 96, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
@@ -23,7 +24,7 @@ def photo_with_hole(side: int = 96, seed: int = 0) -> tuple[Image.Image, np.ndar
 
 def test_kept_pixels_come_back_exactly_and_the_hole_is_regenerated(tiny_pipeline):
     image, keep = photo_with_hole()
-    out = inpaint(tiny_pipeline, image, "a red circle", n=2, steps=2, output_side=96, seed=0, progress=False)
+    out = tiny_pipeline.inpaint(image, "a red circle", n=2, steps=2, output_side=96, seed=0, progress=False)
     original = np.asarray(image.convert("RGB"))
     assert len(out) == 2
     for result in out:
@@ -39,9 +40,9 @@ def test_a_mask_marks_the_pixels_to_regenerate(tiny_pipeline):
     rgb = image.convert("RGB")
     mask = Image.fromarray(np.where(keep, 255, 0).astype(np.uint8)).convert("L")
     mask = Image.merge("RGBA", (mask, mask, mask, mask))  # alpha 0 where the hole is
-    by_mask = inpaint(tiny_pipeline, rgb, "a blue square", mask=mask, steps=1, output_side=64, seed=3,
+    by_mask = tiny_pipeline.inpaint(rgb, "a blue square", mask=mask, steps=1, output_side=64, seed=3,
                       progress=False)[0]
-    by_alpha = inpaint(tiny_pipeline, image, "a blue square", steps=1, output_side=64, seed=3, progress=False)[0]
+    by_alpha = tiny_pipeline.inpaint(image, "a blue square", steps=1, output_side=64, seed=3, progress=False)[0]
     assert np.array_equal(np.asarray(by_mask), np.asarray(by_alpha))
     assert np.array_equal(np.asarray(by_mask)[keep], np.asarray(rgb)[keep])
 
@@ -49,7 +50,7 @@ def test_a_mask_marks_the_pixels_to_regenerate(tiny_pipeline):
 def test_output_side_other_than_the_inputs_keeps_the_resized_original(tiny_pipeline):
     image, _ = photo_with_hole(96)
     keep = keep_mask(image)
-    out = inpaint(tiny_pipeline, image, "a star", steps=1, size=64, output_side=48, progress=False)[0]
+    out = tiny_pipeline.inpaint(image, "a star", steps=1, size=64, output_side=48, progress=False)[0]
     expected = paste_known(Image.new("RGB", (48, 48)), image, keep, 48)
     kept = np.asarray(keep.resize((48, 48), Image.Resampling.NEAREST)) > 0
     assert out.size == (48, 48)
@@ -77,7 +78,7 @@ def test_bad_edits_are_refused(tiny_pipeline, case, message):
     else:
         kwargs["resample"] = -1
     with pytest.raises(ValueError, match=message):
-        inpaint(tiny_pipeline, image, "a circle", steps=1, progress=False, **kwargs)
+        tiny_pipeline.inpaint(image, "a circle", steps=1, progress=False, **kwargs)
 
 
 def test_repaint_replaces_the_known_region_at_every_step_with_the_noised_original():
@@ -98,7 +99,7 @@ def test_repaint_replaces_the_known_region_at_every_step_with_the_noised_origina
         return torch.cat([0.1 * x_t, torch.zeros_like(x_t)], dim=1)  # eps and variance channels
 
     x_T = torch.randn(2, 3, 8, 8, generator=g)
-    out = repaint_loop(model_fn, scheduler, x_T, Known(x0, keep), 5, noise_fn=noise_fn, generator=g, resample=2)
+    out = repaint_loop(model_fn, scheduler, x_T, 5, known=x0, keep=keep, noise_fn=noise_fn, generator=g, resample=2)
     assert len(seen) == 5 * 3  # every step done 1 + resample times
     alphas = scheduler.alphas_cumprod
     left = keep.bool().expand_as(x_T)
@@ -133,7 +134,7 @@ def test_the_mask_is_carried_through_the_upsamplers(tiny_pipeline, monkeypatch):
 
         spy.cfg = net.cfg  # what the cascade reads of an upsampler besides calling it
         monkeypatch.setitem(tiny_pipeline.upsamplers, slot, spy)
-    inpaint(tiny_pipeline, image, "a green triangle", steps=3, progress=False, seed=0)
+    tiny_pipeline.inpaint(image, "a green triangle", steps=3, progress=False, seed=0)
     assert set(last_inputs) == set(tiny_pipeline.upsamplers)
     for slot, x_t in last_inputs.items():
         side = x_t.shape[-1]

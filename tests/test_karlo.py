@@ -19,10 +19,10 @@ from diffusers import (
 )
 from safetensors.torch import save_file
 
-from unclip.networks.clip import ClipEncoder
 from unclip.config import load_stage_config
+from unclip.networks.clip import ClipEncoder
 from unclip.networks.decoder import TextProj
-from unclip.pipeline.cascade import UnCLIPPipeline
+from unclip.pipeline import UnCLIPPipeline
 
 STEPS = {"prior": 3, "decoder": 3, "upsampler": 3}
 

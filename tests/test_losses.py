@@ -3,13 +3,21 @@
 import pytest
 import torch
 
-from unclip.networks.clip import TextEncoding
-from unclip.config import BetaSchedule, DecoderConfig, DiffusionConfig, PriorConfig, Prediction, UpsamplerConfig, Variance
-from unclip.networks.decoder import Decoder
+from unclip.config import (
+    BetaSchedule,
+    DecoderConfig,
+    DiffusionConfig,
+    Prediction,
+    PriorConfig,
+    UpsamplerConfig,
+    Variance,
+)
 from unclip.diffusion.losses import GaussianDiffusion
-from unclip.training.losses import decoder_loss, prior_loss, upsampler_loss
+from unclip.networks.clip import TextEncoding
+from unclip.networks.decoder import Decoder
 from unclip.networks.prior import Prior
 from unclip.networks.upsampler import Upsampler
+from unclip.training.losses import decoder_loss, prior_loss, upsampler_loss
 
 D, L = 32, 77
 

@@ -157,7 +157,7 @@ def test_decoder_rejects_heads_that_do_not_divide_the_channels():
 
 
 def test_decoder_coordinates_load_plain_weights_and_then_see_position():
-    from unclip.networks.decoder import coordinate_maps
+    from unclip.networks.layers import coordinate_maps
 
     torch.manual_seed(0)
     plain = Decoder(DecoderConfig()).eval()

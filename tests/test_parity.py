@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import TINY_CONFIGS, give_zero_inits_values
 
+from unclip.pipeline import UnCLIPPipeline
 from unclip.pipeline.karlo import to_diffusers
-from unclip.pipeline.cascade import UnCLIPPipeline
 
 STEPS = {"prior": 5, "decoder": 5, "upsampler": 3}
 GUIDANCE = {"prior": 4.0, "decoder": 8.0}

@@ -12,12 +12,14 @@ from conftest import TINY_CONFIGS, give_zero_inits_values
 from PIL import Image
 from torch import nn
 
-from unclip.networks.clip import tensor_to_pil
-from unclip.networks.decoder import TextProj
+from unclip.data.images import tensor_to_pil
 from unclip.diffusion.schedule import make_scheduler
+from unclip.networks.decoder import TextProj
+from unclip.pipeline import SamplingOptions, UnCLIPPipeline, load_image
+from unclip.pipeline.inputs import check_prompts, token_count
 from unclip.pipeline.latents import slerp, text_diff_embeddings
 from unclip.pipeline.manipulate import invert_pixels, manipulation_plan
-from unclip.pipeline.cascade import UnCLIPPipeline, load_image
+from unclip.pipeline.sampling import decode, sample_prior, upsample
 
 FAST = {"prior": 2, "decoder": 2, "upsampler": 2}
 
@@ -78,10 +80,10 @@ def test_prior_keeps_the_candidate_closest_to_the_text(tiny_pipeline):
     p = tiny_pipeline
     text = p.clip.encode_text(["a red circle", "a purple star"])
     run = p.plan(["prior"], steps=3)["prior"]
-    best = p.sample_prior(text, run, torch.Generator().manual_seed(0), candidates=2, progress=False)
+    best = sample_prior(p, text, run, torch.Generator().manual_seed(0), candidates=2, progress=False)
     # the same noise, drawn as four single samples: rows (0, 0, 1, 1)
     rows = torch.tensor([0, 0, 1, 1])
-    every = p.sample_prior(text[rows], run, torch.Generator().manual_seed(0), candidates=1, progress=False)
+    every = sample_prior(p, text[rows], run, torch.Generator().manual_seed(0), candidates=1, progress=False)
     scores = (every * text.emb[rows]).sum(-1).reshape(2, 2)
     expected = every.reshape(2, 2, -1)[torch.arange(2), scores.argmax(1)]
     assert torch.allclose(best, expected)
@@ -117,11 +119,11 @@ def test_prompts_are_checked(tiny_pipeline):
         with pytest.raises(ValueError, match="prompt"):
             p.generate(bad)
     # the limit is CLIP's context after tokenisation: "a" is one token, plus start and end
-    assert p.token_count("a " * 75) == 77
-    p.check_prompts("a " * 75)
+    assert token_count(p.clip, "a " * 75) == 77
+    check_prompts(p.clip, "a " * 75)
     with pytest.raises(ValueError, match=r"prompt: .* 78 tokens .* at most 77"):
         p.generate("a " * 76)
-    assert p.token_count("unbelievably") > 1 and p.token_count("a red circle") == 5
+    assert token_count(p.clip, "unbelievably") > 1 and token_count(p.clip, "a red circle") == 5
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -183,13 +185,39 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_pipeline, tiny_pipeli
     assert text_proj == {"_class_name": "UnCLIPTextProjModel", **tiny_pipeline.decoder.text_proj.config()}
 
 
-def test_component_folders_copied_together_make_a_pipeline(tiny_pipeline_dir, tmp_path):
+def test_component_folders_copied_together_make_a_pipeline(tiny_pipeline, tiny_pipeline_dir, tmp_path):
+    """Each component carries its own sampling defaults, so a copied folder keeps them; one that
+    carries none samples with Karlo's defaults."""
     for sub in ("clip", "prior", "decoder", "upsampler_256"):  # e.g. training exports, no pipeline.json
         shutil.copytree(tiny_pipeline_dir / sub, tmp_path / sub)
     loaded = UnCLIPPipeline.from_pretrained(tmp_path)
     assert loaded.sizes == [32, 64]
-    assert loaded.sampling["decoder"].diffusion.guidance_scale == 8.0  # defaults: Karlo's
-    assert loaded.sampling["prior"].diffusion.sample_steps == 25
+    for stage in ("prior", "decoder", "upsampler_256"):
+        assert loaded.sampling[stage] == tiny_pipeline.sampling[stage]
+    assert tiny_pipeline.sampling["prior"].diffusion.sample_steps != 25  # so the next check can fail
+    meta = json.loads((tmp_path / "prior" / "config.json").read_text())
+    del meta["diffusion"], meta["sampler"]
+    (tmp_path / "prior" / "config.json").write_text(json.dumps(meta))
+    bare = UnCLIPPipeline.from_pretrained(tmp_path)
+    assert bare.sampling["prior"].diffusion.sample_steps == 25 and bare.sampling["prior"].diffusion.guidance_scale == 4
+
+
+def test_sampling_defaults_are_stored_once_and_version_1_folders_still_load(tiny_pipeline, tiny_pipeline_dir, tmp_path):
+    """Written: in each component's config.json, not in pipeline.json. Read: also a version-1 folder,
+    whose pipeline.json held them (as checkpoints/shapes did)."""
+    meta = json.loads((tiny_pipeline_dir / "pipeline.json").read_text())
+    assert meta["version"] == 2 and "stages" not in meta
+    old = tmp_path / "v1"
+    shutil.copytree(tiny_pipeline_dir, old)
+    stages = {}
+    for stage in ("prior", "decoder", "upsampler_256", "upsampler_1024"):
+        component = json.loads((old / stage / "config.json").read_text())
+        stages[stage] = {"diffusion": component.pop("diffusion"), "sampler": component.pop("sampler")}
+        stages[stage]["diffusion"]["sample_steps"] = 9  # tell the source apart
+        (old / stage / "config.json").write_text(json.dumps(component))
+    (old / "pipeline.json").write_text(json.dumps({**meta, "version": 1, "stages": stages}))
+    loaded = UnCLIPPipeline.from_pretrained(old)
+    assert {s: r.diffusion.sample_steps for s, r in loaded.sampling.items()} == dict.fromkeys(stages, 9)
 
 
 def test_from_pretrained_explains_bad_folders(tiny_pipeline_dir, tmp_path):
@@ -270,10 +298,10 @@ class GaussianDecoder(nn.Module):
 
 def reconstruct(pipe, x0, image_emb, steps, guidance=1.0, decode_emb=None):
     """DDIM-invert x0 under ``image_emb``, then decode with DDIM η = 0 (under ``decode_emb``)."""
-    run = manipulation_plan(pipe, pipe.sizes[0], {"decoder": steps}, {"decoder": guidance})["decoder"]
+    run = manipulation_plan(pipe, pipe.sizes[0], SamplingOptions(steps={"decoder": steps}, guidance={"decoder": guidance}))["decoder"]
     x_T = invert_pixels(pipe, x0, image_emb, run, progress=False)
     emb = image_emb if decode_emb is None else decode_emb
-    return x_T, pipe.decode(emb, pipe.empty_text(1), run, None, x_T=x_T, eta=0.0, progress=False)
+    return x_T, decode(pipe, emb, pipe.empty_caption().expand(1), run, None, x_T=x_T, eta=0.0, progress=False)
 
 
 def test_ddim_inversion_retraces_a_smooth_decoder(tiny_pipeline, photos):
@@ -308,7 +336,7 @@ def test_ddim_inversion_reconstructs_with_the_tiny_decoder(photos):
     x_T, x = reconstruct(pipe, x0, z, steps=10, guidance=2.0)
     assert (x - x0).abs().mean() < 0.01 and (x - x0).abs().max() < 0.1
     run = pipe.plan(["decoder"], steps=10, guidance=2.0)["decoder"]  # ancestral sampling does not retrace
-    ancestral = pipe.decode(z, pipe.empty_text(1), run, torch.Generator().manual_seed(0), x_T=x_T, progress=False)
+    ancestral = decode(pipe, z, pipe.empty_caption().expand(1), run, torch.Generator().manual_seed(0), x_T=x_T, progress=False)
     assert (ancestral - x0).abs().mean() > 0.2
 
 
@@ -318,8 +346,8 @@ def test_variations_eta_zero_reconstruct_and_eta_positive_vary(tiny_pipeline, ph
     same = pixels(p.variations(photos["coffee"], n=2, eta=0.0, **kwargs))
     assert np.array_equal(same[0], same[1])
     latent = p.invert(photos["coffee"], steps={"decoder": 4}, progress=False)
-    run = manipulation_plan(p, 32, {"decoder": 4}, None)["decoder"]
-    decoded = p.decode(latent.image_emb, p.empty_text(1), run, None, x_T=latent.x_T, progress=False)
+    run = manipulation_plan(p, 32, SamplingOptions(steps={"decoder": 4}))["decoder"]
+    decoded = decode(p, latent.image_emb, p.empty_caption().expand(1), run, None, x_T=latent.x_T, progress=False)
     assert np.abs(same[0] - pixels(tensor_to_pil(decoded))[0]).max() <= 1
     varied = pixels(p.variations(photos["coffee"], n=2, eta=1.0, **kwargs))
     assert np.abs(varied[0] - varied[1]).mean() > 1
@@ -382,7 +410,7 @@ def test_upsampler_with_a_sample_start_begins_from_the_noised_conditioning():
 
     pipe.upsamplers[slot].forward = oracle
     plan = pipe.plan(pipe.upsampler_chain(pipe.sizes[1]), steps={"upsampler": 3})
-    out = pipe.upsample(low, pipe.sizes[1], plan, torch.Generator().manual_seed(0), progress=False)
+    out = upsample(pipe, low, pipe.sizes[1], plan, torch.Generator().manual_seed(0), progress=False)
     assert [t for t, _ in calls] == [500, 250, 0]
     first = calls[0][1]
     a = diffusion.alphas_cumprod[500].item()
@@ -394,6 +422,6 @@ def test_upsampler_with_a_sample_start_begins_from_the_noised_conditioning():
 def test_upsample_continues_from_an_earlier_stages_output(tiny_pipeline):
     plan = tiny_pipeline.plan(tiny_pipeline.upsampler_chain(128), steps={"upsampler": 2})
     at_64 = torch.rand(1, 3, 64, 64) * 2 - 1
-    assert tiny_pipeline.upsample(at_64, 64, plan, torch.Generator().manual_seed(0), progress=False) is at_64
-    out = tiny_pipeline.upsample(at_64, 128, plan, torch.Generator().manual_seed(0), progress=False)
+    assert upsample(tiny_pipeline, at_64, 64, plan, torch.Generator().manual_seed(0), progress=False) is at_64
+    out = upsample(tiny_pipeline, at_64, 128, plan, torch.Generator().manual_seed(0), progress=False)
     assert out.shape[-1] == 128  # only the 64→128 stage ran on the 64-side input

@@ -322,7 +322,7 @@ def test_a_server_fault_is_a_500_without_traceback_and_not_retried(tiny_pipeline
     def out_of_memory(tasks):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    app.state.studio.generate = out_of_memory
+    app.state.worker.generate = out_of_memory
     with serve_in_thread(app) as url:
         response = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT}, timeout=60)
     assert response.status_code == 500
@@ -362,8 +362,8 @@ def assert_error_status(response, status, code):
 class Gate:
     """Holds the worker thread inside ``Worker.generate`` until opened; records each batch's prompts."""
 
-    def __init__(self, studio):
-        self.studio, self.inner = studio, studio.generate
+    def __init__(self, worker):
+        self.worker, self.inner = worker, worker.generate
         self.opened, self.entered = threading.Event(), threading.Event()
         self.batches: list[list[str]] = []
 
@@ -377,8 +377,8 @@ class Gate:
 @pytest.fixture
 def gated(tiny_pipeline):
     app = create_app(tiny_pipeline, steps=1, max_queue=3, model_name=MODEL)
-    gate = Gate(app.state.studio)
-    app.state.studio.generate = gate
+    gate = Gate(app.state.worker)
+    app.state.worker.generate = gate
     with serve_in_thread(app) as url:
         yield url, app.state.queue, gate
         gate.opened.set()

@@ -6,7 +6,7 @@ import pytest
 
 from unclip.data.shapes import parse_caption
 from unclip.evaluation.detector import detect, score
-from unclip.pipeline.cascade import UnCLIPPipeline, default_checkpoint
+from unclip.pipeline import UnCLIPPipeline, default_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a large red circle in the top left on a white background"

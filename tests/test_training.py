@@ -13,12 +13,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import IterableDataset
 
+from unclip.config import ClipStageConfig, TrainingConfig
 from unclip.training import resume as train_checkpoint
 from unclip.training.batches import batch_stream
-from unclip.config import ClipStageConfig, TrainingConfig
 from unclip.training.ema import EMA
-from unclip.training.stages import StageTask
 from unclip.training.loop import TrainingError, train
+from unclip.training.stages import StageTask
 
 ROOT = Path(__file__).resolve().parents[1]
 

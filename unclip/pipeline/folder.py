@@ -88,8 +88,9 @@ def stored_sampling(folder: Path) -> StageSampling | None:
     if "diffusion" in meta:
         stored, where = {k: meta[k] for k in ("diffusion", "sampler") if k in meta}, str(folder / "config.json")
     else:
-        stored = pipeline_meta(folder.parent).get("stages", {}).get(folder.name)
-        where = f"{folder.parent / PIPELINE_FILE}:{folder.name}"
+        root = folder.resolve().parent  # a link to a stage of a pipeline folder reads that folder's file
+        stored = pipeline_meta(root).get("stages", {}).get(folder.name)
+        where = f"{root / PIPELINE_FILE}:{folder.name}"
     return None if stored is None else from_dict(StageSampling, stored, where=where)
 
 

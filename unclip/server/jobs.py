@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from unclip.pipeline import UnCLIPPipeline
+from unclip.pipeline.inputs import check_prompts
 from unclip.server.errors import APIError
 from unclip.server.params import parse_common, parse_prompt
 from unclip.server.queue import Job
@@ -36,7 +37,7 @@ class JobBuilder:
     def prompt(self, value) -> str:
         prompt = parse_prompt(value)
         try:
-            return self.pipeline.check_prompts(prompt)[0]  # CLIP's token limit
+            return check_prompts(self.pipeline.clip, prompt)[0]  # CLIP's token limit
         except ValueError as err:
             raise APIError(str(err), param="prompt", code="string_above_max_length") from None
 

@@ -143,7 +143,10 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
 
 
 def check_compatible(resume: ResumeState, current: dict[str, Any]) -> None:
-    diffs = config_differences(resume.config, current)
+    saved = resume.config
+    if saved.get("stage") == "upsampler" and str(current.get("stage", "")).startswith("upsampler_"):
+        saved = {**saved, "stage": current["stage"]}  # saved before the upsampler slots had names
+    diffs = config_differences(saved, current)
     if diffs:
         raise ValueError(
             f"cannot resume from {resume.folder}: the config differs from the checkpoint's in "

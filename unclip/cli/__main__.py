@@ -1,0 +1,7 @@
+"""``python -m unclip.cli``: the ``unclip`` command."""
+
+import sys
+
+from unclip.cli import main
+
+sys.exit(main())
