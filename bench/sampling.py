@@ -17,7 +17,6 @@ transformers for the diffusers side (skipped with a note otherwise).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unclip.pipeline import UnCLIPPipeline
+from unclip.pipeline import SamplingOptions, UnCLIPPipeline
 
 PROMPT = "a small red circle in the top left on a white background"
 KARLO_STEPS = {"prior": 25, "decoder": 25, "upsampler": 7}
@@ -44,13 +43,12 @@ def timed(fn, device: torch.device) -> float:
 
 
 def ours(pipe: UnCLIPPipeline, size: int, *, sampler=None, steps=KARLO_STEPS, candidates: int = 1,
-         autocast: torch.dtype | None = None):
+         precision: str = "fp32"):
+    options = SamplingOptions(size=size, steps=steps, guidance=GUIDANCE, sampler=sampler, seed=0, progress=False,
+                              precision=precision)
+
     def run(batch: int):
-        context = (torch.autocast(pipe.device.type, dtype=autocast) if autocast is not None
-                   else contextlib.nullcontext())
-        with context:
-            pipe.generate(PROMPT, n=batch, size=size, steps=steps, guidance=GUIDANCE, sampler=sampler,
-                          prior_candidates=candidates, seed=0, progress=False)
+        pipe.generate(PROMPT, n=batch, options=options, prior_candidates=candidates)
 
     return run
 
@@ -108,7 +106,7 @@ def main() -> int:
                  "decoder": "dpmpp"}, steps=fast_steps)))
     if not args.no_bf16:
         rows.append((f"unclip bf16 autocast      → {sizes[1]}", ours(pipe, sizes[1], sampler="unclip",
-                     autocast=torch.bfloat16)))
+                     precision="bf16")))
     if len(sizes) > 2:
         rows.append((f"unclip, same samplers     → {sizes[2]}", ours(pipe, sizes[2], sampler={
             "prior": "unclip", "decoder": "unclip", "upsampler_256": "unclip", "upsampler_1024": "ddpm"})))

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
-from unclip.training.batches import batch_stream
 from unclip.config import load_stage_config
+from unclip.training.batches import batch_stream
 from unclip.training.ema import EMA
-from unclip.training.stages import StageContext, build_task
 from unclip.training.loop import PreparedNetwork, make_accelerator, optimisation_step
+from unclip.training.stages import StageContext, build_task
 
 
 def measure(config: Path, precision: str, steps: int, workdir: Path) -> tuple[str, int, float]:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from unclip.config import Degradation
-from unclip.data.shapes import ShapesDataset
 from unclip.data.degradations import _DEGRADE, upsample_condition, upsampler_pair
+from unclip.data.shapes import ShapesDataset
 
 CASES = (("64→256", 64, 256, Degradation.blur), ("256→1024", 256, 1024, Degradation.bsr))
 

@@ -10,7 +10,22 @@ from pathlib import Path
 
 from unclip.config import SAMPLED_STAGES, UPSAMPLER
 
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*", re.DOTALL)  # a key.sub=value config override
+
 STAGE_NAMES = (*SAMPLED_STAGES, UPSAMPLER)  # what STAGE= may name in --steps, --guidance and --sampler
+
+
+def accept_overrides_anywhere(parser: argparse.ArgumentParser) -> None:
+    """argparse takes a positional list only in one run; let key=value also follow the options."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, rest = parse(args, namespace)
+        extra = [a for a in rest if OVERRIDE.fullmatch(a)]
+        namespace.overrides = [*(namespace.overrides or []), *extra]
+        return namespace, [a for a in rest if not OVERRIDE.fullmatch(a)]
+
+    parser.parse_known_args = parse_known_args
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +75,27 @@ def stage_values(items: list[tuple[str | None, object]] | None, bare_stages: tup
             values.update({s: value for s in bare_stages})
     values.update({stage: value for stage, value in items if stage is not None})
     return values
+
+
+def sampling_options(args: argparse.Namespace, guided: tuple[str, ...]):
+    """The ``SamplingOptions`` of ``add_sampling_arguments``' flags (and ``--sampler`` where a
+    command has it); a bare ``--guidance G`` applies to the ``guided`` stages."""
+    from unclip.pipeline import SamplingOptions
+
+    samplers = [tuple(s.split("=", 1)) if "=" in s else (None, s) for s in getattr(args, "sampler", None) or []]
+    return SamplingOptions(size=args.size, seed=args.seed, steps=stage_values(args.steps, SAMPLED_STAGES),
+                           guidance=stage_values(args.guidance, guided),
+                           sampler=stage_values(samplers, SAMPLED_STAGES), progress=not args.quiet)
+
+
+def write_images(images, out: Path, stem: str, grid: str | None = None, columns: int | None = None) -> list[Path]:
+    """Save each image as ``out/<stem>-<i>.png`` and, with ``grid``, all of them on one sheet
+    ``out/<stem>-<grid>.png``; print the paths."""
+    paths = save_images(images, out, stem)
+    if grid:
+        paths.append(save_grid(images, out / f"{stem}-{grid}.png", columns=columns))
+    report(paths)
+    return paths
 
 
 def load_pipeline(args: argparse.Namespace):

@@ -6,16 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unclip.cli.common import (
-    add_pipeline_arguments,
-    add_sampling_arguments,
-    load_pipeline,
-    report,
-    save_grid,
-    save_images,
-    slug,
-    stage_values,
-)
+from unclip.cli import common
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,22 +16,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="to_text", required=True, help="the caption to move toward")
     parser.add_argument("--thetas", nargs="+", type=float, metavar="THETA",
                         help="slerp amounts in [0, 1], one frame each (default 0 0.125 0.25 0.375 0.5)")
-    add_sampling_arguments(parser, guidance_stages="decoder")
-    add_pipeline_arguments(parser)
+    common.add_sampling_arguments(parser, guidance_stages="decoder")
+    common.add_pipeline_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from unclip.config import SAMPLED_STAGES as STAGES
     from unclip.config import Stage
     from unclip.pipeline.inputs import load_image
 
     image = load_image(args.image)
-    pipe = load_pipeline(args)
-    frames = pipe.text_diff(image, args.from_text, args.to_text, thetas=args.thetas, size=args.size, seed=args.seed,
-                            steps=stage_values(args.steps, STAGES), guidance=stage_values(args.guidance, (Stage.decoder,)),
-                            progress=not args.quiet)
-    stem = f"{slug(Path(args.image).stem)}-to-{slug(args.to_text)}"
-    paths = save_images(frames, args.out, stem)
-    paths.append(save_grid(frames, args.out / f"{stem}-strip.png", columns=len(frames)))
-    report(paths)
+    options = common.sampling_options(args, guided=(Stage.decoder,))
+    frames = common.load_pipeline(args).text_diff(image, args.from_text, args.to_text, args.thetas, options)
+    stem = f"{common.slug(Path(args.image).stem)}-to-{common.slug(args.to_text)}"
+    common.write_images(frames, args.out, stem, grid="strip", columns=len(frames))
     return 0

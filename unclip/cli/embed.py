@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from unclip.cli import common
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.kind=folder")
@@ -21,9 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=10_000, help="rows per shard")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    from unclip.cli.train import _overrides_anywhere
-
-    _overrides_anywhere(parser)
+    common.accept_overrides_anywhere(parser)
 
 
 def run(args: argparse.Namespace) -> int:

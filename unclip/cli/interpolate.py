@@ -6,15 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unclip.cli.common import (
-    add_pipeline_arguments,
-    add_sampling_arguments,
-    load_pipeline,
-    report,
-    save_images,
-    slug,
-    stage_values,
-)
+from unclip.cli import common
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,24 +17,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decoder noise: one fixed x_T, a slerp of two random ones, or a slerp of both "
                              "images' inverted x_T (the ends then reconstruct the images)")
     parser.add_argument("--duration", type=int, default=150, help="GIF milliseconds per frame (default 150)")
-    add_sampling_arguments(parser, guidance_stages="decoder")
-    add_pipeline_arguments(parser)
+    common.add_sampling_arguments(parser, guidance_stages="decoder")
+    common.add_pipeline_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from unclip.config import SAMPLED_STAGES as STAGES
     from unclip.config import Stage
     from unclip.pipeline.inputs import check_count, load_image
 
     check_count("--frames", args.frames, minimum=2)
     image_a, image_b = load_image(args.image_a, "image_a"), load_image(args.image_b, "image_b")
-    pipe = load_pipeline(args)
-    frames = pipe.interpolate(image_a, image_b, frames=args.frames, noise=args.noise, size=args.size,
-                              seed=args.seed, steps=stage_values(args.steps, STAGES),
-                              guidance=stage_values(args.guidance, (Stage.decoder,)), progress=not args.quiet)
-    stem = f"{slug(Path(args.image_a).stem)}-to-{slug(Path(args.image_b).stem)}"
-    paths = save_images(frames, args.out, stem)
+    options = common.sampling_options(args, guided=(Stage.decoder,))
+    frames = common.load_pipeline(args).interpolate(image_a, image_b, args.frames, options, noise=args.noise)
+    stem = f"{common.slug(Path(args.image_a).stem)}-to-{common.slug(Path(args.image_b).stem)}"
+    common.write_images(frames, args.out, stem)
     gif = args.out / f"{stem}.gif"
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=args.duration, loop=0)
-    report([*paths, gif])
+    common.report([gif])
     return 0

@@ -7,13 +7,13 @@ the same code.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
+from unclip.cli import common
+from unclip.cli import main as cli_main
 from unclip.config import UPSAMPLER, UPSAMPLERS, Stage
 
 STAGES = tuple(map(str, (Stage.clip, Stage.prior, Stage.decoder, UPSAMPLER, *UPSAMPLERS)))  # "upsampler": either
-OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*", re.DOTALL)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,20 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     parser.add_argument("--keep", type=int, default=3, metavar="N", help="checkpoints to keep (default 3)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _overrides_anywhere(parser)
-
-
-def _overrides_anywhere(parser: argparse.ArgumentParser) -> None:
-    """argparse takes a positional list only in one run; let key=value also follow the options."""
-    parse = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        namespace, rest = parse(args, namespace)
-        extra = [a for a in rest if OVERRIDE.fullmatch(a)]
-        namespace.overrides = [*(namespace.overrides or []), *extra]
-        return namespace, [a for a in rest if not OVERRIDE.fullmatch(a)]
-
-    parser.parse_known_args = parse_known_args
+    common.accept_overrides_anywhere(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +46,5 @@ def run(args: argparse.Namespace) -> int:
 
 def main(stage: str, argv: list[str] | None = None) -> int:
     """What ``train/<stage>.py`` runs: ``unclip train <stage> ARGS``."""
-    from unclip.cli import main as cli_main
 
     return cli_main(["train", stage, *(sys.argv[1:] if argv is None else argv)])

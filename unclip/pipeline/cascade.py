@@ -19,12 +19,11 @@ import unclip.pipeline.inpaint as inpaint
 import unclip.pipeline.karlo as karlo
 import unclip.pipeline.manipulate as manipulate
 from unclip.config import SAMPLED_STAGES, UPSAMPLERS, ClipConfig, Stage
-from unclip.data.images import tensor_to_pil
 from unclip.networks.clip import ClipEncoder, TextEncoding
 from unclip.networks.decoder import Decoder
 from unclip.networks.prior import Prior
 from unclip.networks.upsampler import Upsampler
-from unclip.pipeline.inputs import ImageInput, check_count, check_prompts
+from unclip.pipeline.inputs import ImageInput
 from unclip.pipeline.plan import (
     Generation,
     Latent,
@@ -34,7 +33,7 @@ from unclip.pipeline.plan import (
     default_sampling,
     make_plan,
 )
-from unclip.pipeline.sampling import decode, sample_prior, upsample
+from unclip.pipeline.sampling import text_to_image
 
 DEFAULT_MAX_SIZE = 256  # default output side: the largest the pipeline makes up to this
 
@@ -154,26 +153,8 @@ class UnCLIPPipeline:
         """``n`` images per prompt. ``options`` (or its fields as keywords: size, steps, guidance,
         sampler, seed, generator, progress, precision; see ``SamplingOptions``) set the sampling.
         Returns PIL images, or a ``Generation`` with the pixels and embeddings when ``return_embeddings``."""
-        opts = SamplingOptions.of(options, overrides)
-        prompts = check_prompts(self.clip, prompts)
-        check_count("n", n)
-        check_count("prior_candidates", prior_candidates)
-        self.require(Stage.prior, "generate")
-        self.require(Stage.decoder, "generate")
-        size = self.check_size(opts.size)
-        plan = make_plan(self.sampling, [Stage.prior, Stage.decoder, *self.upsampler_chain(size)], opts)
-        g = opts.make_generator(self.device)
-        with opts.autocast(self.device):
-            rows = torch.arange(len(prompts), device=self.device).repeat_interleave(n)
-            text = self.clip.encode_text(prompts)[rows]  # (B, ...), B = len(prompts)·n
-            image_emb = sample_prior(self, text, plan[Stage.prior], g, candidates=prior_candidates,
-                                     progress=opts.progress)
-            pixels = decode(self, image_emb, text, plan[Stage.decoder], g, progress=opts.progress)
-            pixels = upsample(self, pixels, size, plan, g, progress=opts.progress)
-        images = tensor_to_pil(pixels)
-        if return_embeddings:
-            return Generation(images=images, pixels=pixels, image_emb=image_emb, text_emb=text.emb)
-        return images
+        return text_to_image(self, prompts, n, SamplingOptions.of(options, overrides),
+                             prior_candidates=prior_candidates, return_embeddings=return_embeddings)
 
     def invert(self, image: ImageInput, options: SamplingOptions | None = None, **overrides) -> Latent:
         """(z_i, DDIM-inverted x_T) of an image; see ``manipulate.invert``."""

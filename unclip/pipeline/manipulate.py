@@ -48,6 +48,13 @@ def manipulation_plan(pipe, size: int, options: SamplingOptions) -> dict[Stage, 
     return plan
 
 
+def _prepare(pipe, purpose: str, options: SamplingOptions) -> tuple[int, dict[Stage, StageRun]]:
+    """(output side, stage plan) of a manipulation, once the pipeline is known to have a decoder."""
+    pipe.require(Stage.decoder, purpose)
+    size = pipe.check_size(options.size)
+    return size, manipulation_plan(pipe, size, options)
+
+
 @torch.no_grad()
 def invert_pixels(pipe, x0: torch.Tensor, image_emb: torch.Tensor, run: StageRun, *,
                   progress: bool = True) -> torch.Tensor:
@@ -68,8 +75,7 @@ def _invert_image(pipe, image: Image.Image, run: StageRun, progress: bool) -> La
 @torch.no_grad()
 def invert(pipe, image: ImageInput, options: SamplingOptions) -> Latent:
     """The bipartite latent (z_i, x_T) of a square image (a PIL image or a path)."""
-    pipe.require(Stage.decoder, "invert")
-    run = manipulation_plan(pipe, pipe.check_size(None), options)[Stage.decoder]
+    run = _prepare(pipe, "invert", replace(options, size=None))[1][Stage.decoder]
     with options.autocast(pipe.device):
         return _invert_image(pipe, load_image(image), run, options.progress)
 
@@ -81,9 +87,7 @@ def variations(pipe, image: ImageInput, n: int, options: SamplingOptions, *, eta
     check_count("n", n)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 10:
         raise ValueError(f"eta: expected a number in [0, 10] (0 reconstructs, 1 ≈ DDPM), got {eta!r}")
-    pipe.require(Stage.decoder, "variations")
-    size = pipe.check_size(options.size)
-    plan = manipulation_plan(pipe, size, options)
+    size, plan = _prepare(pipe, "variations", options)
     image = load_image(image)
     with options.autocast(pipe.device):
         latent = _invert_image(pipe, image, plan[Stage.decoder], options.progress)
@@ -106,9 +110,7 @@ def interpolate(pipe, image_a: ImageInput, image_b: ImageInput, frames: int, opt
         mode = NoiseMode(noise)
     except ValueError:
         raise ValueError(f"noise: {noise!r} is not one of {', '.join(m.value for m in NoiseMode)}") from None
-    pipe.require(Stage.decoder, "interpolate")
-    size = pipe.check_size(options.size)
-    plan = manipulation_plan(pipe, size, options)
+    size, plan = _prepare(pipe, "interpolate", options)
     a, b = load_image(image_a, "image_a"), load_image(image_b, "image_b")
     with options.autocast(pipe.device):
         g = options.make_generator(pipe.device)
@@ -150,9 +152,7 @@ def text_diff(pipe, image: ImageInput, from_text: str, to_text: str, thetas: Seq
     if not values or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
                          or not 0 <= t <= 1 for t in values):
         raise ValueError(f"thetas: expected one or more numbers in [0, 1], got {values!r}")
-    pipe.require(Stage.decoder, "text_diff")
-    size = pipe.check_size(options.size)
-    plan = manipulation_plan(pipe, size, options)
+    size, plan = _prepare(pipe, "text_diff", options)
     image = load_image(image)
     with options.autocast(pipe.device):
         latent = _invert_image(pipe, image, plan[Stage.decoder], options.progress)

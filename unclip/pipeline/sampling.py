@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
+from PIL import Image
 
 from unclip.config import Stage
 from unclip.data.degradations import upsample_condition
+from unclip.data.images import tensor_to_pil
 from unclip.diffusion.sampling import sample_loop, set_timesteps
 from unclip.diffusion.schedule import noised_start
 from unclip.networks.clip import TextEncoding
@@ -24,7 +26,8 @@ from unclip.pipeline.denoisers import (
     prior_denoiser,
     upsampler_denoiser,
 )
-from unclip.pipeline.plan import StageRun
+from unclip.pipeline.inputs import check_count, check_prompts
+from unclip.pipeline.plan import Generation, SamplingOptions, StageRun, make_plan
 
 
 def draw_noise(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:
@@ -94,3 +97,28 @@ def upsample(pipe, pixels: torch.Tensor, size: int, plan: Mapping[Stage, StageRu
         pixels = sample_loop(model_fn, scheduler, x_T, run.steps, channels=3, generator=generator,
                              desc=str(slot), progress=progress, start=run.diffusion.sample_start).clamp(-1, 1)
     return pixels
+
+
+@torch.no_grad()
+def text_to_image(pipe, prompts: str | Sequence[str], n: int, options: SamplingOptions, *,
+                  prior_candidates: int = 2, return_embeddings: bool = False) -> list[Image.Image] | Generation:
+    """``n`` images per prompt: prior → decoder → upsamplers to ``options.size`` (paper §2)."""
+    prompts = check_prompts(pipe.clip, prompts)
+    check_count("n", n)
+    check_count("prior_candidates", prior_candidates)
+    pipe.require(Stage.prior, "generate")
+    pipe.require(Stage.decoder, "generate")
+    size = pipe.check_size(options.size)
+    plan = make_plan(pipe.sampling, [Stage.prior, Stage.decoder, *pipe.upsampler_chain(size)], options)
+    g = options.make_generator(pipe.device)
+    with options.autocast(pipe.device):
+        rows = torch.arange(len(prompts), device=pipe.device).repeat_interleave(n)
+        text = pipe.clip.encode_text(prompts)[rows]  # (B, ...), B = len(prompts)·n
+        image_emb = sample_prior(pipe, text, plan[Stage.prior], g, candidates=prior_candidates,
+                                 progress=options.progress)
+        pixels = decode(pipe, image_emb, text, plan[Stage.decoder], g, progress=options.progress)
+        pixels = upsample(pipe, pixels, size, plan, g, progress=options.progress)
+    images = tensor_to_pil(pixels)
+    if return_embeddings:
+        return Generation(images=images, pixels=pixels, image_emb=image_emb, text_emb=text.emb)
+    return images

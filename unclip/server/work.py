@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from PIL import Image
 
 from unclip.pipeline import UnCLIPPipeline
 from unclip.pipeline.inpaint import resize_square
-from unclip.pipeline.plan import StageValue
+from unclip.pipeline.plan import SamplingOptions, StageValue
 from unclip.server.files import ImageStore
 from unclip.server.params import Common
 
@@ -95,32 +96,24 @@ class Worker:
         return results
 
     def edit(self, tasks: list[EditTask]) -> list[Result]:
-        out = []
-        for task in tasks:
-            common = task.delivery.common
-            source = self.source_side(common.side)
-            images = self.pipe.inpaint(task.image, task.prompt, mask=task.mask, n=common.n, size=source,
-                                       output_side=common.side, steps=self.steps, resample=self.resample, progress=False)
-            out.append(self.deliver(images, task.delivery, source))
-        return out
+        return self._each(tasks, lambda task, options: self.pipe.inpaint(
+            task.image, task.prompt, options, mask=task.mask, n=task.delivery.common.n,
+            output_side=task.delivery.common.side, resample=self.resample))
 
     def vary(self, tasks: list[VaryTask]) -> list[Result]:
-        out = []
-        for task in tasks:
-            common = task.delivery.common
-            source = self.source_side(common.side)
-            images = self.pipe.variations(task.image.convert("RGB"), n=common.n, eta=self.eta, size=source,
-                                          steps=self.steps, progress=False)
-            out.append(self.deliver(images, task.delivery, source))
-        return out
+        return self._each(tasks, lambda task, options: self.pipe.variations(
+            task.image.convert("RGB"), task.delivery.common.n, options, eta=self.eta))
 
     def interpolate(self, tasks: list[InterpolateTask]) -> list[Result]:
+        return self._each(tasks, lambda task, options: self.pipe.interpolate(
+            task.image_a.convert("RGB"), task.image_b.convert("RGB"), task.delivery.common.n, options))
+
+    def _each(self, tasks: list, make: Callable[[Any, SamplingOptions], list[Image.Image]]) -> list[Result]:
+        """One task at a time: ``make(task, options)`` at the cascade side that serves its size."""
         out = []
         for task in tasks:
-            common = task.delivery.common
-            source = self.source_side(common.side)
-            images = self.pipe.interpolate(task.image_a.convert("RGB"), task.image_b.convert("RGB"),
-                                           frames=common.n, size=source, steps=self.steps, progress=False)
+            source = self.source_side(task.delivery.common.side)
+            images = make(task, SamplingOptions(size=source, steps=self.steps, progress=False))
             out.append(self.deliver(images, task.delivery, source))
         return out
 

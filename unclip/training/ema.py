@@ -42,10 +42,3 @@ class EMA:
         for name, buf in model.named_buffers():
             shadow_buffers[name].copy_(buf)
         self.updates += 1
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor], updates: int) -> None:
-        self.model.load_state_dict(state)
-        self.updates = updates
