@@ -10,6 +10,7 @@ from unclip.config import (
     DecoderStageConfig,
     Degradation,
     Precision,
+    Stage,
     load_stage_config,
     save_yaml,
     to_dict,
@@ -85,3 +86,26 @@ def test_enums_parse_from_values():
     cfg = load_stage_config(Path(__file__).parents[1] / "configs/tiny/upsampler_1024.yaml")
     assert cfg.upsampler.degradation is Degradation.bsr
     assert cfg.diffusion.beta_schedule.value == "linear"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_each_config_names_its_own_stage(path):
+    """A stage file says which stage it configures; the file name is not read, but agrees."""
+    cfg = load_stage_config(path)
+    assert cfg.stage == path.stem and isinstance(cfg.stage, Stage)
+
+
+@pytest.mark.parametrize("sizes, slot", [({"sample_size": 256, "low_res_size": 64}, "upsampler_256"),
+                                         ({"sample_size": 1024, "low_res_size": 256}, "upsampler_1024"),
+                                         ({"sample_size": 64, "low_res_size": 32}, "upsampler_256")])
+def test_a_file_written_before_the_slots_had_names_gets_its_slot_from_its_sizes(tmp_path, sizes, slot):
+    path = tmp_path / "old.yaml"
+    path.write_text(f"stage: upsampler\nupsampler: {sizes}\n".replace("'", ""))
+    assert load_stage_config(path).stage == slot
+
+
+def test_the_stage_vocabulary():
+    assert [str(s) for s in Stage] == ["clip", "prior", "decoder", "upsampler_256", "upsampler_1024"]
+    assert {s.component for s in Stage} == {"clip", "prior", "decoder", "upsampler"}
+    assert f"{Stage.upsampler_1024}" == "upsampler_1024"  # formats as its name in messages and paths
+    assert {"prior": 1}[Stage.prior] == 1  # a plain-string key finds the member

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from unclip.config import ClipConfig, ConfigError, from_dict, to_dict
+from unclip.config import UPSAMPLER, ClipConfig, ConfigError, Stage, from_dict, to_dict
 from unclip.networks.clip import ClipEncoder, load_open_clip_weights
 from unclip.networks.decoder import Decoder
 from unclip.networks.prior import Prior
@@ -25,10 +25,10 @@ WEIGHTS_NAME = "model.safetensors"
 
 # name in config.json → (module class, config class)
 COMPONENTS: dict[str, tuple[type[nn.Module], type]] = {
-    "clip": (ClipEncoder, ClipConfig),
-    "prior": (Prior, Prior.config_class),
-    "decoder": (Decoder, Decoder.config_class),
-    "upsampler": (Upsampler, Upsampler.config_class),
+    Stage.clip.component: (ClipEncoder, ClipConfig),
+    Stage.prior.component: (Prior, Prior.config_class),
+    Stage.decoder.component: (Decoder, Decoder.config_class),
+    UPSAMPLER: (Upsampler, Upsampler.config_class),
 }
 
 

@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from unclip.config import UPSAMPLER, UPSAMPLERS
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 RESUMABLE_SECTIONS = ("training", "data")  # may change between a checkpoint and its resumption
@@ -144,7 +146,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
 
 def check_compatible(resume: ResumeState, current: dict[str, Any]) -> None:
     saved = resume.config
-    if saved.get("stage") == "upsampler" and str(current.get("stage", "")).startswith("upsampler_"):
+    if saved.get("stage") == UPSAMPLER and current.get("stage") in UPSAMPLERS:
         saved = {**saved, "stage": current["stage"]}  # saved before the upsampler slots had names
     diffs = config_differences(saved, current)
     if diffs:
