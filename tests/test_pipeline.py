@@ -425,3 +425,33 @@ def test_upsample_continues_from_an_earlier_stages_output(tiny_pipeline):
     assert upsample(tiny_pipeline, at_64, 64, plan, torch.Generator().manual_seed(0), progress=False) is at_64
     out = upsample(tiny_pipeline, at_64, 128, plan, torch.Generator().manual_seed(0), progress=False)
     assert out.shape[-1] == 128  # only the 64→128 stage ran on the 64-side input
+
+
+def test_one_sampling_options_object_or_its_fields_as_keywords(tiny_pipeline):
+    options = SamplingOptions(size=64, steps=FAST, seed=5, progress=False)
+    by_object = pixels(tiny_pipeline.generate("a red circle", 1, options))
+    by_keywords = pixels(tiny_pipeline.generate("a red circle", size=64, steps=FAST, seed=5, progress=False))
+    assert np.array_equal(by_object, by_keywords) and by_object.shape == (1, 64, 64, 3)
+    overridden = pixels(tiny_pipeline.generate("a red circle", 1, options, seed=6))  # a keyword wins over the object
+    assert not np.array_equal(by_object, overridden)
+    with pytest.raises(TypeError, match="unknown sampling option 'stpes'"):
+        tiny_pipeline.generate("a red circle", stpes=3)
+    with pytest.raises(TypeError, match="expected SamplingOptions, got int"):
+        tiny_pipeline.generate("a red circle", 1, 64)
+    with pytest.raises(ValueError, match="precision: 'fp8'"):
+        SamplingOptions(precision="fp8")
+
+
+def test_bf16_precision_autocasts_every_stage(tiny_pipeline):
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(torch.is_autocast_enabled("cpu")))
+             for m in (tiny_pipeline.prior, tiny_pipeline.decoder, *tiny_pipeline.upsamplers.values())]
+    try:
+        tiny_pipeline.generate("a red circle", size=64, steps=1, seed=0, progress=False, precision="bf16")
+        assert seen and all(seen)
+        seen.clear()
+        tiny_pipeline.generate("a red circle", size=64, steps=1, seed=0, progress=False)
+        assert seen and not any(seen)
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -82,6 +82,9 @@ class SamplingOptions:
     @staticmethod
     def of(options: SamplingOptions | None, overrides: Mapping[str, Any]) -> SamplingOptions:
         """``options`` (default: all defaults) with ``overrides`` (keyword arguments) applied."""
+        if options is not None and not isinstance(options, SamplingOptions):
+            raise TypeError(f"options: expected SamplingOptions, got {type(options).__name__} (pass the output "
+                            "side as size=...)")
         known = {f.name for f in dataclasses.fields(SamplingOptions)}
         unknown = sorted(set(overrides) - known)
         if unknown:
