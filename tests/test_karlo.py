@@ -33,7 +33,7 @@ def seeded(seed, build):
 
 
 def standins():
-    """Tiny diffusers modules with Karlo's architecture choices (reference §3.5, §3.6, §3.10)."""
+    """Tiny diffusers modules with Karlo's architecture choices, at the sizes of diffusers' own unCLIP tests."""
     prior = seeded(0, lambda: PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32,
                                                num_layers=1, num_embeddings=77, additional_embeddings=4))
     with torch.no_grad():  # Karlo's ViT-L-14_stats.th: per-dimension statistics

@@ -1,4 +1,4 @@
-"""The ``unclip`` command. Each subcommand lives in ``unclip/commands/<name>.py`` with
+"""The ``unclip`` command. Each subcommand is a module of this package (``unclip.cli.<name>``) with
 ``add_arguments(parser)`` and ``run(args) -> int``; heavy imports happen inside ``run``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The built-in synthetic *shapes* data set (DESIGN.md §6).
+"""The built-in synthetic *shapes* data set.
 
 A square canvas with one background and one or two coloured shapes, captioned from fixed
 templates and carrying exact ground truth, so that a detector (`unclip.evaluation.detector`) can score
@@ -319,7 +319,7 @@ def _fields(spec: SceneSpec) -> dict[str, str]:
 
 
 def caption(spec: SceneSpec) -> str:
-    """The canonical caption of a spec (exactly the DESIGN.md §6 templates)."""
+    """The canonical caption of a spec (exactly the templates evaluation prompts use)."""
     template = ONE_OBJECT_TEMPLATE if spec.relation is None else TWO_OBJECT_TEMPLATE
     return template.format(**_fields(spec))
 

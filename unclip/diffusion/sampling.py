@@ -31,7 +31,7 @@ def _step_kwargs(scheduler, timesteps, i: int, generator, eta: float) -> dict:
 
 def _handles_learned_variance(scheduler) -> bool:
     if isinstance(scheduler, (DDIMScheduler, DDIMInverseScheduler)):
-        return False  # DDIM's step does not strip variance channels (reference §3.7)
+        return False  # DDIM's step does not strip variance channels
     if isinstance(scheduler, DPMSolverMultistepScheduler):
         return False  # it strips them (as [:, :3]) for eps prediction only (diffusers 0.42)
     return True

@@ -38,7 +38,7 @@ def make_scheduler(cfg: DiffusionConfig, sampler: Sampler = Sampler.ddpm):
     """A diffusers scheduler with the stage's betas, parameterisation and variance.
 
     ``beta_schedule`` is always passed explicitly: ``DDPMScheduler.from_config(UnCLIPScheduler
-    .config)`` silently falls back to linear betas (reference §3.7).
+    .config)`` silently falls back to linear betas.
     """
     common = dict(num_train_timesteps=cfg.num_train_timesteps, prediction_type=cfg.prediction.value)
     clip = dict(clip_sample=True, clip_sample_range=cfg.clip_sample_range)

@@ -3,7 +3,8 @@
 No learned model: background from the border, foreground by colour, connected components, and
 per component its colour (nearest palette entry in CIELAB), shape (nearest prototype of a few
 outline features), size (bounding-box side) and position (the third of the canvas its centroid
-falls in). Works on RGB images at 32, 64, 256, … pixels. See DESIGN.md §6.
+falls in). Works on RGB images at 32, 64, 256, … pixels; the palette, shapes and layout are
+those of ``unclip.data.shapes``.
 """
 
 from __future__ import annotations

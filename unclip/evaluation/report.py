@@ -1,6 +1,6 @@
 """`unclip eval`: how good a cascade is on the shapes set, in numbers.
 
-Every figure comes from fixed seeds and exact caption templates (DESIGN.md §6):
+Every figure comes from fixed seeds and the exact caption templates of ``unclip.data.shapes``:
 - the detector's own accuracy on real renders (the gate: the other figures mean nothing below 99%);
 - binding accuracy of generated images for one-object prompts on seen and on held-out colour–shape
   pairs and for two-object prompts, and the paper's §5.1 ablation (the decoder fed the CLIP *text*

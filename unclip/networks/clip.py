@@ -1,6 +1,7 @@
 """Frozen CLIP (open_clip): token states, masks and pooled embeddings for text; raw image embeddings.
 
-Conventions (reference §5): token states are taken *after* ``ln_final`` (= transformers'
+Conventions (with them open_clip gives exactly what the transformers CLIP gives Karlo and
+diffusers' unCLIP): token states are taken *after* ``ln_final`` (= transformers'
 ``last_hidden_state``); the pooled text embedding is ``encode_text(normalize=False)``; the image
 embedding is ``encode_image(normalize=False)``; the text mask covers positions up to and
 including EOT (``arange(L) <= ids.argmax(-1)``), never ``ids != 0`` because id 0 is the token "!".

@@ -6,8 +6,8 @@
 each diffusers config onto our dataclasses, checks that our builders reproduce it key by key, and
 loads the weights into our modules' inner diffusers models. The folder's transformers text
 encoder is not used: unclip reads text with an open_clip CLIP (ViT-L-14-quickgelu for Karlo) whose
-weights are on disk (reference §0.9, §5). ``super_res_last`` runs the last upsampler step, as Karlo's
-"improved SR" does.
+weights are on disk, and whose token states and pooled embedding equal the transformers encoder's.
+``super_res_last`` runs the last upsampler step, as Karlo's "improved SR" does.
 
 ``to_diffusers`` goes the other way: diffusers' ``UnCLIPPipeline`` built around this pipeline's
 networks, with a transformers CLIP text model and tokenizer carrying our open_clip text tower's
@@ -191,7 +191,7 @@ def _stage_sampling(folder: Path, stage: str, module: nn.Module | None) -> Stage
 
 
 def hf_tokenizer(clip) -> Any:
-    """A transformers ``CLIPTokenizer`` built offline from open_clip's bundled BPE (reference §5.2),
+    """A transformers ``CLIPTokenizer`` built offline from open_clip's bundled BPE,
     with Karlo's ``pad_token="!"`` (id 0, open_clip's padding)."""
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPTokenizer
@@ -208,8 +208,8 @@ def hf_tokenizer(clip) -> Any:
 
 
 def hf_text_encoder(clip) -> nn.Module:
-    """A transformers ``CLIPTextModelWithProjection`` with our open_clip text tower's weights
-    (reference §5.1): its ``text_embeds`` / ``last_hidden_state`` equal our ``emb`` / ``tokens``."""
+    """A transformers ``CLIPTextModelWithProjection`` with our open_clip text tower's weights:
+    its ``text_embeds`` / ``last_hidden_state`` equal our ``emb`` / ``tokens``."""
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     m = clip.model

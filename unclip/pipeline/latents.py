@@ -47,7 +47,7 @@ def text_diff_target(image_emb: torch.Tensor, from_text_emb: torch.Tensor, to_te
     """The end point of a text diff (paper §3.3): z_d = normalise(z_to − z_from), rescaled to ‖z_i‖.
 
     The paper slerps z_i toward the unit vector z_d; with raw (unnormalised) CLIP embeddings a unit
-    z_d would mostly shrink z_i instead of turning it, so it is given z_i's norm (reference §1.1).
+    z_d would mostly shrink z_i instead of turning it, so it is given z_i's norm.
     All arguments are (D,) vectors.
     """
     direction = normalise(to_text_emb - from_text_emb)

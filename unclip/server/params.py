@@ -1,4 +1,4 @@
-"""Validation of the Images API's fields (reference §1, §3.3), shared by JSON and multipart bodies.
+"""Validation of the Images API's fields (DALL·E 2 semantics), shared by JSON and multipart bodies.
 
 Every check raises ``APIError`` (400) naming the offending ``param``. Multipart fields arrive as
 text (``n`` as ``"2"``, booleans as ``"true"``), so numbers and booleans are coerced from strings

@@ -1,7 +1,7 @@
 """Reading request bodies within limits, multipart forms, and the uploaded PNGs.
 
 A PNG is recognised by its bytes (``\\x89PNG\\r\\n\\x1a\\n``), never by the part's filename or content
-type: the openai client sends raw bytes as ``application/octet-stream`` (reference §3.2). Its
+type: the openai client sends raw bytes as ``application/octet-stream``. Its
 dimensions are read from the header before decoding, so a small file that would decode to a huge
 image is refused without allocating it.
 """
