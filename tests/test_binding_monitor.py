@@ -6,10 +6,16 @@ from pathlib import Path
 import torch
 
 import unclip.evaluation.report
+from unclip.checkpoint import load_component
 from unclip.cli import main
-from unclip.data.shapes import HELD_OUT_PAIRS, image_to_tensor, swap_places
+from unclip.config import load_stage_config
+from unclip.data.images import image_to_tensor
+from unclip.data.shapes import HELD_OUT_PAIRS, swap_places
+from unclip.diffusion.sampling import sample_loop
+from unclip.diffusion.schedule import Sampler, make_scheduler
+from unclip.evaluation.probes import binding_accuracy, binding_probe
 from unclip.evaluation.report import EvalSettings, generate_side, markdown
-from unclip.training.stages.decoder import binding_accuracy, binding_probe
+from unclip.pipeline.denoisers import decoder_denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,14 +42,43 @@ def test_binding_accuracy_scores_what_the_decoder_draws():
     assert binding_accuracy(blank, probe["one_object"], side) == 0.0
 
 
-def test_the_decoder_run_logs_the_binding_monitor(tmp_path):
+def test_the_decoder_run_logs_the_binding_monitor(tmp_path, monkeypatch):
+    """The monitor decodes each probe render from its true CLIP image embedding with the EMA
+    weights (which the export ships), guided, DDPM 10 steps, seed 0, and logs the detector's share."""
+    import unclip.training.stages.decoder as stage
+
+    decoded = {}
+
+    def recording(reconstruct, scenes, side):
+        renders = torch.stack([image_to_tensor(s.render(side)) for s in scenes])
+        decoded[len(decoded)] = (renders, [s.caption for s in scenes], reconstruct(renders, [s.caption for s in scenes]))
+        return binding_accuracy(reconstruct, scenes, side)
+
+    monkeypatch.setattr(stage, "binding_accuracy", recording)
     out = tmp_path / "run"
     assert main(["train", "decoder", "--config", str(ROOT / "configs/tiny/decoder.yaml"), "--output", str(out),
                  "--no-progress", "training.steps=1", "training.checkpoint_every=100"]) == 0
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     monitor = next(entry for entry in logs if "decoder/binding_two_object" in entry)
-    assert monitor["step"] == 1 and 0 <= monitor["decoder/binding_one_object"] <= 1
-    assert 0 <= monitor["decoder/binding_two_object"] <= 1
+    assert monitor["step"] == 1
+    cfg = load_stage_config(ROOT / "configs/tiny/decoder.yaml")
+    clip, decoder = load_component(out / "export" / "clip"), load_component(out / "export" / "decoder")
+    empty = clip.encode_text([""])
+
+    def from_true_z(renders, captions):
+        fn = decoder_denoiser(decoder, clip.encode_image(renders), clip.encode_text(captions), empty,
+                              cfg.diffusion.guidance_scale)
+        g = torch.Generator().manual_seed(0)
+        x_T = torch.randn(renders.shape, generator=g)
+        return sample_loop(fn, make_scheduler(cfg.diffusion, Sampler.ddpm), x_T, 10, channels=3, generator=g,
+                           progress=False)
+
+    probe = binding_probe(cfg.training.binding_monitor)
+    assert [c for r, c, x in decoded.values()] == [[s.caption for s in scenes] for scenes in probe.values()]
+    for renders, captions, x in decoded.values():
+        torch.testing.assert_close(x, from_true_z(renders, captions), atol=1e-4, rtol=0)
+    for kind, scenes in probe.items():
+        assert monitor[f"decoder/binding_{kind}"] == binding_accuracy(from_true_z, scenes, cfg.decoder.sample_size)
 
 
 def test_the_binding_monitor_can_be_turned_off_and_refuses_a_negative_count(tmp_path, capsys):

@@ -95,8 +95,10 @@ def test_argparse_errors_exit_2_without_traceback(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["generate", "a red circle", "-n", "many"])
     assert exit_.value.code == 2
-    with pytest.raises(SystemExit):
+    assert "-n: invalid" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
         main(["generate", "a red circle", "--steps", "decodr=3"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "unknown stage 'decodr'" in err and "Traceback" not in err
 

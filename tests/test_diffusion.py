@@ -62,7 +62,7 @@ def test_cosine_and_linear_betas():
 
 @pytest.mark.parametrize("sampler", list(Sampler))
 def test_every_sampler_has_the_stage_betas(sampler):
-    """The trap of reference §3.7: from_config(UnCLIPScheduler.config) silently gives linear betas."""
+    """The trap: DDPMScheduler.from_config(UnCLIPScheduler.config) silently gives linear betas."""
     s = make_scheduler(COSINE, sampler)
     assert torch.allclose(s.betas.double(), cosine_betas(), atol=1e-6)
     trap = DDPMScheduler.from_config(UnCLIPScheduler().config)
@@ -152,19 +152,57 @@ def test_x0_prediction_targets_x0():
     d = GaussianDiffusion(DiffusionConfig(prediction=Prediction.x0))
     x0, eps, t = torch.randn(3, 8), torch.randn(3, 8), torch.tensor([1, 2, 3])
     assert d.loss(x0.clone(), x0, d.q_sample(x0, t, eps), t, eps)["loss"] == 0
-    assert d.loss(eps.clone(), x0, d.q_sample(x0, t, eps), t, eps)["loss"] > 0
+    wrong = d.loss(eps.clone(), x0, d.q_sample(x0, t, eps), t, eps)  # an eps output, scored as an x_0
+    assert set(wrong) == {"loss", "mse"}  # fixed variance: no VLB term
+    torch.testing.assert_close(wrong["loss"], ((eps - x0) ** 2).mean())
 
 
 def test_kl_and_discretized_likelihood_basics():
     m, lv = torch.randn(10), torch.randn(10)
     assert torch.allclose(normal_kl(m, lv, m, lv), torch.zeros(10), atol=1e-7)
+    # closed form, in nats: KL(N(μ₁, σ₁²) ‖ N(μ₂, σ₂²)) = log(σ₂/σ₁) + (σ₁² + (μ₁ − μ₂)²) / (2σ₂²) − ½
+    m1, s1, m2, s2 = torch.tensor([0.0, 1.0, -0.5]), torch.tensor([1.0, 0.5, 2.0]), torch.tensor([1.0, 1.0, 0.5]), \
+        torch.tensor([2.0, 1.5, 0.3])
+    expected = torch.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5
+    torch.testing.assert_close(normal_kl(m1, 2 * s1.log(), m2, 2 * s2.log()), expected)
+    assert normal_kl(m1, 2 * s1.log(), m2, 2 * s2.log())[0] == pytest.approx(math.log(2) + 2 / 8 - 0.5, abs=1e-6)
     levels = torch.linspace(-1, 1, 256)
-    probs = discretized_gaussian_log_likelihood(levels, torch.zeros(256), torch.full((256,), math.log(0.3))).exp()
+    mean, sigma = torch.full((256,), 0.2), 0.3
+    probs = discretized_gaussian_log_likelihood(levels, mean, torch.full((256,), math.log(sigma))).exp()
     assert abs(probs.sum().item() - 1.0) < 1e-3  # the 256 bins hold all the mass
+    # each level's bin [x − 1/255, x + 1/255] under the exact normal CDF; the edge bins run to ±∞
+    cdf = torch.distributions.Normal(0.2, sigma).cdf
+    upper = torch.where(levels > 0.999, torch.ones(256), cdf(levels + 1 / 255))
+    lower = torch.where(levels < -0.999, torch.zeros(256), cdf(levels - 1 / 255))
+    torch.testing.assert_close(probs, upper - lower, atol=2e-4, rtol=0)  # the tanh CDF approximation
+    assert probs.argmax() == (levels - 0.2).abs().argmin()  # the most likely level is the mean's
 
 
 def test_ddim_scheduler_config_has_no_variance_handling():
-    assert isinstance(make_scheduler(COSINE, Sampler.ddim), DDIMScheduler)
+    """DDIM's scheduler takes eps alone (no variance_type; a 6-channel output does not fit its step),
+    so sample_loop drops a learned variance for it, and keeps it for DDPM, whose noise it scales."""
+    cfg = DiffusionConfig(beta_schedule=BetaSchedule.cosine, variance=Variance.learned)
+    ddim = make_scheduler(cfg, Sampler.ddim)
+    assert isinstance(ddim, DDIMScheduler) and "variance_type" not in ddim.config
+    assert make_scheduler(cfg, Sampler.ddpm).config.variance_type == "learned_range"
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 3, 3, padding=1).requires_grad_(False)
+    x_T = torch.randn(2, 3, 8, 8)
+
+    def eps_and_variance(v):  # v = −1: log β̃_t (the small variance); v = +1: log β_t
+        return lambda x, t: torch.cat([net(x), torch.full_like(x, v)], 1)
+
+    def run(sampler, fn, channels=3):
+        return sample_loop(fn, make_scheduler(cfg, sampler), x_T, 5, channels=channels,
+                           generator=torch.Generator().manual_seed(0), progress=False)
+
+    eps_only = run(Sampler.ddim, lambda x, t: net(x), channels=None)
+    assert torch.equal(run(Sampler.ddim, eps_and_variance(-1.0)), eps_only)
+    assert torch.equal(run(Sampler.ddim, eps_and_variance(1.0)), eps_only)
+    with pytest.raises(RuntimeError):  # left in, the variance channels break DDIM's step
+        run(Sampler.ddim, eps_and_variance(1.0), channels=None)
+    small, large = run(Sampler.ddpm, eps_and_variance(-1.0)), run(Sampler.ddpm, eps_and_variance(1.0))
+    assert (small - large).abs().max() > 1e-2  # DDPM's ancestral noise follows the learned variance
 
 
 def test_sampling_can_start_part_way_from_a_noised_image():

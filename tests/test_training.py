@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import IterableDataset
@@ -276,17 +279,65 @@ def test_every_stage_trains_checkpoints_and_exports_through_the_cli(tmp_path, co
         module = load_component(out / "export" / name)
         assert not module.training
     entries = [r for r in logs(out) if "loss" in r]
-    assert [r["step"] for r in entries] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in entries)
+    assert [r["step"] for r in entries] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in entries), entries
     if stage in ("decoder", "upsampler"):
         assert (out / "samples" / "step_000003.png").is_file()
     if stage == "prior":
         (monitor,) = [r for r in logs(out) if "prior/cos_pred" in r]
-        assert -1 <= monitor["prior/cos_pred"] <= 1 and -1 <= monitor["prior/cos_text_baseline"] <= 1
         prior = load_component(out / "export" / "prior")
         assert not torch.equal(prior.transformer.clip_std, torch.ones_like(prior.transformer.clip_std))
+        # the monitor samples the EMA weights, which the export ships: recompute it from the export
+        expected = prior_monitor(load_component(out / "export" / "clip"), prior)
+        assert monitor["prior/cos_text_baseline"] == pytest.approx(expected["baseline"], abs=1e-5)
+        assert monitor["prior/cos_pred"] == pytest.approx(expected["pred"], abs=1e-4)
     if stage == "clip":
         (monitor,) = [r for r in logs(out) if "clip/top1" in r]
-        assert 0 <= monitor["clip/relation"] <= 1
+        expected = clip_monitor(load_component(out / "export" / "clip"))
+        assert monitor["clip/top1"] == pytest.approx(expected["top1"], abs=1e-6)
+        assert monitor["clip/relation"] == pytest.approx(expected["relation"], abs=1e-6)
+
+
+@torch.no_grad()
+def prior_monitor(clip, prior) -> dict[str, float]:
+    """The prior stage's monitor, by hand: mean cos(sampled z_i, true z_i) and cos(z_t, true z_i)
+    over the held-out shapes, sampled with DDPM from seed 0 at the tiny config's steps and guidance."""
+    from unclip.config import load_stage_config
+    from unclip.diffusion.sampling import sample_loop
+    from unclip.diffusion.schedule import Sampler, make_scheduler
+    from unclip.pipeline.denoisers import prior_denoiser
+    from unclip.training.stages.common import held_out_shapes
+    from unclip.training.stages.prior import MONITOR_COUNT
+
+    diffusion = load_stage_config(ROOT / "configs/tiny/prior.yaml").diffusion
+    images, captions = held_out_shapes(clip.image_size, MONITOR_COUNT)
+    true, text = clip.encode_image(images), clip.encode_text(captions)
+    cos = lambda a, b: (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1).mean().item()  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(true.shape, generator=g)
+    model_fn = prior_denoiser(prior, text, clip.encode_text([""]), diffusion.guidance_scale)
+    x0 = sample_loop(model_fn, make_scheduler(diffusion, Sampler.ddpm), x_T, diffusion.sample_steps, generator=g,
+                     progress=False)
+    return {"baseline": cos(text.emb, true), "pred": cos(prior.unstandardise(x0), true)}
+
+
+@torch.no_grad()
+def clip_monitor(clip) -> dict[str, float]:
+    """The CLIP stage's monitor, by hand: top-1 image→caption retrieval over the held-out shapes
+    (a hit when the retrieved caption reads the same) and the share of two-object renders closer
+    to their own caption than to the relation-inverted one."""
+    from unclip.evaluation.probes import relation_probe
+    from unclip.training.stages.clip import MONITOR_COUNT
+    from unclip.training.stages.common import held_out_shapes
+
+    unit = lambda x: F.normalize(x, dim=-1)  # noqa: E731
+    text = lambda captions: unit(clip.model.encode_text(clip.tokenize(captions)))  # noqa: E731
+    images, captions = held_out_shapes(clip.image_size, MONITOR_COUNT)
+    best = (unit(clip.encode_image(images)) @ text(captions).T).argmax(1).tolist()
+    top1 = sum(captions[j] == captions[i] for i, j in enumerate(best)) / len(captions)
+    pairs, own, swapped = relation_probe(clip.image_size, MONITOR_COUNT)
+    z = unit(clip.encode_image(pairs))
+    return {"top1": top1, "relation": ((z * text(own)).sum(-1) > (z * text(swapped)).sum(-1)).float().mean().item()}
 
 
 def test_train_refuses_a_config_of_another_stage(tmp_path, capsys):
@@ -294,12 +345,35 @@ def test_train_refuses_a_config_of_another_stage(tmp_path, capsys):
     assert "configures the decoder stage, not prior" in capsys.readouterr().err
 
 
+def _wrong_config(stage: str) -> str:
+    return "prior" if stage == "decoder" else "decoder"
+
+
 @pytest.mark.parametrize("stage", ["clip", "prior", "decoder", "upsampler"])
-def test_entry_scripts_run_unclip_train_for_their_stage(tmp_path, stage):
-    other = "prior" if stage == "decoder" else "decoder"
+def test_entry_scripts_run_unclip_train_for_their_stage(tmp_path, monkeypatch, capsys, stage):
+    """Each train/<stage>.py, run as __main__ in this process, is `unclip train <stage>`: handed
+    another stage's config, it exits 2 with the CLI's one-line message naming its own stage."""
+    other = _wrong_config(stage)
+    config = str(ROOT / f"configs/tiny/{other}.yaml")
+    script = str(ROOT / "train" / f"{stage}.py")
+    monkeypatch.setattr(sys, "argv", [script, "--config", config, "--output", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(script, run_name="__main__")
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip().splitlines() == [f"unclip train: error: {config} configures the {other} stage, not {stage}"]
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_an_entry_script_in_a_real_process_exits_2_with_one_line(tmp_path):
+    """One real process, started as a user starts it (`python train/<stage>.py ...`):
+    exit status 2, the one-line message, no traceback."""
+    stage, other = "upsampler", _wrong_config("upsampler")
+    config = str(ROOT / f"configs/tiny/{other}.yaml")
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, str(ROOT / "train" / f"{stage}.py"), "--config",
-                           str(ROOT / f"configs/tiny/{other}.yaml"), "--output", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run([sys.executable, str(ROOT / "train" / f"{stage}.py"), "--config", config, "--output",
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stderr
-    assert f"configures the {other} stage, not {stage}" in done.stderr
+    message = f"unclip train: error: {config} configures the {other} stage, not {stage}"
+    assert done.stderr.strip().splitlines() == [message]
