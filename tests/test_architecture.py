@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "unclip"
 LAYERS = {
     "unclip": 0,
     "unclip.config": 0,
+    "unclip.safety": 0,
     "unclip.data": 1,
     "unclip.networks": 2,
     "unclip.diffusion": 2,

@@ -47,6 +47,24 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, guidance_stages: 
     parser.add_argument("--seed", type=int, help="random seed (default: a fresh one)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--watermark", action="store_true",
+                        help="draw DALL·E 2's five-colour signature in each image's bottom-right corner")
+
+
+def add_filter_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--blocklist", type=Path, metavar="FILE",
+                        help="refuse prompts that match a line of FILE (a term or regular expression, "
+                             "case-insensitive, whole words); default: no filter")
+
+
+def check_prompts(args: argparse.Namespace, *prompts: str) -> None:
+    """Refuse, before anything is loaded, a prompt that ``--blocklist`` flags."""
+    from unclip.safety import Blocklist, check_prompt
+
+    if args.blocklist is not None:
+        blocklist = Blocklist.from_file(args.blocklist)
+        for prompt in prompts:
+            check_prompt(blocklist, prompt)
 
 
 def stage_value(cast):
@@ -86,6 +104,15 @@ def sampling_options(args: argparse.Namespace, guided: tuple[str, ...]):
     return SamplingOptions(size=args.size, seed=args.seed, steps=stage_values(args.steps, SAMPLED_STAGES),
                            guidance=stage_values(args.guidance, guided),
                            sampler=stage_values(samplers, SAMPLED_STAGES), progress=not args.quiet)
+
+
+def signed(args: argparse.Namespace, images: list) -> list:
+    """The images, with DALL·E 2's signature drawn on each when ``--watermark`` asks for it."""
+    if not args.watermark:
+        return images
+    from unclip.pipeline.watermark import add_signature
+
+    return [add_signature(image) for image in images]
 
 
 def write_images(images, out: Path, stem: str, grid: str | None = None, columns: int | None = None) -> list[Path]:

@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ddpm, ddim, dpmpp or unclip: for every stage, or STAGE=NAME")
     parser.add_argument("--prior-candidates", type=int, default=2,
                         help="prior samples per image; the one closest to the caption is kept (default 2)")
+    common.add_filter_argument(parser)
     common.add_pipeline_arguments(parser)
 
 
@@ -25,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
     check_count("-n", args.n)  # cheap checks before loading anything
     if not args.prompt.strip():
         raise ValueError("prompt: the prompt is empty")
+    common.check_prompts(args, args.prompt)
     options = common.sampling_options(args, guided=GUIDED_STAGES)
     images = common.load_pipeline(args).generate(args.prompt, args.n, options, prior_candidates=args.prior_candidates)
+    images = common.signed(args, images)
     common.write_images(images, args.out, common.slug(args.prompt), grid="grid" if len(images) > 1 else None)
     return 0

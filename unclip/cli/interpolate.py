@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     image_a, image_b = load_image(args.image_a, "image_a"), load_image(args.image_b, "image_b")
     options = common.sampling_options(args, guided=(Stage.decoder,))
     frames = common.load_pipeline(args).interpolate(image_a, image_b, args.frames, options, noise=args.noise)
+    frames = common.signed(args, frames)
     stem = f"{common.slug(Path(args.image_a).stem)}-to-{common.slug(Path(args.image_b).stem)}"
     common.write_images(frames, args.out, stem)
     gif = args.out / f"{stem}.gif"

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     options = common.sampling_options(args, guided=(Stage.decoder,))
     images = common.load_pipeline(args).variations(image, args.n, options, eta=args.eta)
+    images = common.signed(args, images)
     stem = common.slug(Path(args.image).stem) + "-variation"
     common.write_images(images, args.out, stem, grid="grid" if len(images) > 1 else None)
     return 0

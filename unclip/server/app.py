@@ -24,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from unclip.config import SAMPLED_STAGES
 from unclip.pipeline import UnCLIPPipeline
 from unclip.pipeline.plan import StageValue
+from unclip.safety import PromptFilter
 from unclip.server import schema
 from unclip.server.errors import (
     APIError,
@@ -41,7 +42,8 @@ from unclip.server.work import Worker
 def create_app(pipeline: UnCLIPPipeline, *, api_key: str | None = None, max_queue: int = 16,
                image_ttl_s: float = 3600, model_name: str = "unclip", steps: StageValue = None,
                max_batch: int = 10, eta: float = 1.0, resample: int = 0, image_dir: str | Path | None = None,
-               public_url: str | None = None) -> FastAPI:
+               public_url: str | None = None, prompt_filter: PromptFilter | None = None,
+               watermark: bool = False) -> FastAPI:
     """The server for ``pipeline``.
 
     ``api_key``: required as ``Authorization: Bearer`` on ``/v1`` when set. ``max_queue``: requests
@@ -50,12 +52,14 @@ def create_app(pipeline: UnCLIPPipeline, *, api_key: str | None = None, max_queu
     for every stage or ``{stage: steps}`` (default: the pipeline's). ``max_batch``: images per batch
     of compatible generations. ``eta``: DDIM eta of variations. ``resample``: RePaint resampling of
     edits. ``image_dir``: where URL images live (default: a temporary folder). ``public_url``: the
-    base of the returned URLs (default: the request's own host).
+    base of the returned URLs (default: the request's own host). ``prompt_filter``: flagged prompts
+    are answered 400 with code ``content_policy_violation`` (default: none). ``watermark``: DALL·E
+    2's signature on every image.
     """
     pipeline.plan([s for s in SAMPLED_STAGES if pipeline.component(s) is not None], steps=steps)  # a bad `steps` fails now
     store = ImageStore(image_dir, image_ttl_s)
     queue = WorkQueue(max_queue=max_queue, max_batch=max_batch)
-    worker = Worker(pipeline, store, steps=steps, eta=eta, resample=resample)
+    worker = Worker(pipeline, store, steps=steps, eta=eta, resample=resample, watermark=watermark)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -71,7 +75,7 @@ def create_app(pipeline: UnCLIPPipeline, *, api_key: str | None = None, max_queu
     app.state.queue, app.state.store, app.state.worker = queue, store, worker
     install_handlers(app)
     api = APIRouter(prefix="/v1", dependencies=[Depends(bearer_check(api_key))], responses=schema.responses(401))
-    add_image_routes(api, JobBuilder(pipeline, worker, model_name, public_url), queue)
+    add_image_routes(api, JobBuilder(pipeline, worker, model_name, public_url, prompt_filter), queue)
     add_model_routes(api, model_name)
     app.include_router(api)
     add_site_routes(app, pipeline, model_name, queue, store)

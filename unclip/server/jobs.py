@@ -10,6 +10,7 @@ from fastapi import Request
 
 from unclip.pipeline import UnCLIPPipeline
 from unclip.pipeline.inputs import check_prompts
+from unclip.safety import ContentPolicyViolation, PromptFilter, check_prompt
 from unclip.server.errors import APIError
 from unclip.server.params import parse_common, parse_prompt
 from unclip.server.queue import Job
@@ -27,8 +28,9 @@ MAX_FRAMES = 16
 
 
 class JobBuilder:
-    def __init__(self, pipeline: UnCLIPPipeline, worker: Worker, model_name: str, public_url: str | None = None):
-        self.pipeline, self.worker, self.model_name = pipeline, worker, model_name
+    def __init__(self, pipeline: UnCLIPPipeline, worker: Worker, model_name: str, public_url: str | None = None,
+                 prompt_filter: PromptFilter | None = None):
+        self.pipeline, self.worker, self.model_name, self.prompt_filter = pipeline, worker, model_name, prompt_filter
         self.public_url = public_url.rstrip("/") + "/" if public_url else None
 
     def delivery(self, request: Request, common) -> Delivery:
@@ -37,9 +39,13 @@ class JobBuilder:
     def prompt(self, value) -> str:
         prompt = parse_prompt(value)
         try:
-            return check_prompts(self.pipeline.clip, prompt)[0]  # CLIP's token limit
+            prompt = check_prompts(self.pipeline.clip, prompt)[0]  # CLIP's token limit
         except ValueError as err:
             raise APIError(str(err), param="prompt", code="string_above_max_length") from None
+        try:
+            return check_prompt(self.prompt_filter, prompt)
+        except ContentPolicyViolation as err:
+            raise APIError(str(err), param="prompt", code="content_policy_violation") from None
 
     async def generation(self, request: Request) -> Job:
         fields = await read_json(request)

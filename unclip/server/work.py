@@ -22,6 +22,7 @@ from PIL import Image
 from unclip.pipeline import UnCLIPPipeline
 from unclip.pipeline.inpaint import resize_square
 from unclip.pipeline.plan import SamplingOptions, StageValue
+from unclip.pipeline.watermark import add_signature
 from unclip.server.files import ImageStore
 from unclip.server.params import Common
 
@@ -72,9 +73,9 @@ class Worker:
     and takes a list of tasks (a batch), returning one ``Result`` per task."""
 
     def __init__(self, pipe: UnCLIPPipeline, store: ImageStore, *, steps: StageValue = None, eta: float = 1.0,
-                 resample: int = 0):
+                 resample: int = 0, watermark: bool = False):
         self.pipe, self.store = pipe, store
-        self.steps, self.eta, self.resample = steps, eta, resample
+        self.steps, self.eta, self.resample, self.watermark = steps, eta, resample, watermark
 
     def source_side(self, side: int) -> int:
         sizes = self.pipe.sizes
@@ -120,7 +121,8 @@ class Worker:
     def deliver(self, images: list[Image.Image], delivery: Delivery, source: int) -> Result:
         data: list[dict[str, Any]] = []
         for image in images:
-            png = encode_png(resize_square(image, delivery.common.side))
+            image = resize_square(image, delivery.common.side)
+            png = encode_png(add_signature(image) if self.watermark else image)
             if delivery.common.response_format == "b64_json":
                 data.append({"b64_json": base64.b64encode(png).decode("ascii")})
             else:

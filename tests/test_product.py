@@ -1,0 +1,184 @@
+"""DALL·E 2's product features: ``unclip edit``, the content filter (``--blocklist``) and the
+signature watermark (``--watermark``), from the CLI, Python and the server."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unclip.cli import main
+from unclip.pipeline.watermark import SIGNATURE, add_signature
+from unclip.safety import Blocklist, ContentPolicyViolation, check_prompt
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--random-from", str(ROOT / "configs" / "tiny"), "--steps", "1", "--quiet", "--seed", "0"]
+
+
+def picture_with_hole(path: Path, side: int = 40, seed: int = 0) -> np.ndarray:
+    """A random RGBA PNG whose top-left quarter is fully transparent; returns its keep mask."""
+    rgba = np.random.default_rng(seed).integers(0, 256, (side, side, 4), dtype=np.uint8)
+    rgba[..., 3] = np.maximum(rgba[..., 3], 1)
+    rgba[: side // 2, : side // 2, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(path)
+    return rgba[..., 3] > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# unclip edit
+
+
+def test_edit_regenerates_the_transparent_pixels_and_keeps_the_rest_byte_for_byte(tmp_path, capsys):
+    keep = picture_with_hole(tmp_path / "hole.png")
+    out = tmp_path / "out"
+    assert main(["edit", str(tmp_path / "hole.png"), "a red circle", "-n", "2", "--out", str(out), *TINY]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["hole-edit-0.png", "hole-edit-1.png", "hole-edit-grid.png"]
+    assert capsys.readouterr().out.split() == [str(out / name) for name in written]
+    original = np.asarray(Image.open(tmp_path / "hole.png").convert("RGB"))
+    results = [np.asarray(Image.open(out / f"hole-edit-{i}.png")) for i in range(2)]
+    for result in results:
+        assert result.shape == original.shape
+        assert np.array_equal(result[keep], original[keep])
+        assert not np.array_equal(result[~keep], original[~keep])  # the hole is drawn anew
+    assert not np.array_equal(results[0][~keep], results[1][~keep])
+
+
+def test_edit_with_a_mask_uses_the_masks_alpha(tmp_path):
+    keep = picture_with_hole(tmp_path / "mask.png", seed=1)
+    Image.open(tmp_path / "mask.png").convert("RGB").save(tmp_path / "plain.png")  # no alpha of its own
+    out = tmp_path / "out"
+    assert main(["edit", str(tmp_path / "plain.png"), "a blue square", "--mask", str(tmp_path / "mask.png"),
+                 "--out", str(out), *TINY]) == 0
+    original = np.asarray(Image.open(tmp_path / "plain.png"))
+    assert np.array_equal(np.asarray(Image.open(out / "plain-edit-0.png"))[keep], original[keep])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("wide", "image: the image is 40×20, not square"),
+    ("no alpha", "image: it has no alpha channel"),
+    ("mask size", "mask: mask and image must have the same dimensions"),
+    ("missing", "image: cannot read"),
+    ("not a png", "image: cannot read"),
+    ("empty prompt", "prompt: the prompt is empty"),
+])
+def test_edit_refuses_bad_input_in_one_line(tmp_path, capsys, case, message):
+    picture_with_hole(tmp_path / "hole.png")
+    Image.new("RGB", (40, 40)).save(tmp_path / "rgb.png")
+    Image.new("RGBA", (40, 20)).save(tmp_path / "wide.png")
+    Image.new("RGBA", (20, 20)).save(tmp_path / "small_mask.png")
+    (tmp_path / "text.png").write_text("not an image")
+    args = {"wide": [str(tmp_path / "wide.png"), "a circle"],
+            "no alpha": [str(tmp_path / "rgb.png"), "a circle"],
+            "mask size": [str(tmp_path / "hole.png"), "a circle", "--mask", str(tmp_path / "small_mask.png")],
+            "missing": [str(tmp_path / "nowhere.png"), "a circle"],
+            "not a png": [str(tmp_path / "text.png"), "a circle"],
+            "empty prompt": [str(tmp_path / "hole.png"), "  "]}[case]
+    assert main(["edit", *args, "--out", str(tmp_path / "out"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unclip edit: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_edit_of_a_shapes_render_with_the_shipped_cascade_fills_the_background():
+    """A render with part of its background erased, edited with its own caption by the shipped
+    cascade: the kept pixels come back exactly and the detector still reads the caption."""
+    from unclip.data.shapes import parse_caption, scene_from_attributes
+    from unclip.evaluation.detector import detect, score
+    from unclip.pipeline import UnCLIPPipeline
+
+    scene = scene_from_attributes("red", "circle", size="large", position="top left", background="white")
+    rgba = np.asarray(scene.render(64).convert("RGBA")).copy()
+    rgba[40:, 40:, 3] = 0  # the bottom-right corner, background only
+    pipe = UnCLIPPipeline.from_pretrained(ROOT / "checkpoints" / "shapes")
+    (result,) = pipe.inpaint(Image.fromarray(rgba, "RGBA"), scene.caption, size=64, seed=0, progress=False,
+                             steps={"prior": 10, "decoder": 10})
+    pixels, keep = np.asarray(result), rgba[..., 3] > 0
+    assert np.array_equal(pixels[keep], rgba[..., :3][keep])
+    assert score(detect(result), parse_caption(scene.caption))["all"]
+    assert np.abs(pixels[40:, 40:].astype(int) - 255).mean() < 40  # the erased background comes back near white
+
+
+# ----------------------------------------------------------------------------------------------
+# the content filter
+
+
+def test_the_blocklist_matches_whole_words_case_insensitively_and_takes_regular_expressions(tmp_path):
+    (tmp_path / "block.txt").write_text("# a comment\n\ncat\nsquares?\n")
+    blocklist = Blocklist.from_file(tmp_path / "block.txt")
+    assert blocklist.flag("a black CAT on a mat") == "it matches the blocklist entry 'cat'"
+    assert blocklist.flag("two Squares") == "it matches the blocklist entry 'squares?'"
+    assert blocklist.flag("a category of concatenated squarest things") is None
+    assert blocklist.flag("# a comment") is None  # comment lines are not entries
+    with pytest.raises(ContentPolicyViolation, match="prompt: rejected by the content filter"):
+        check_prompt(blocklist, "one cat")
+    assert check_prompt(None, "one cat") == "one cat"  # no filter, no filtering
+    with pytest.raises(ValueError, match=r"blocklist: entry 2 \('sq\(uare'\) is not a valid regular expression"):
+        Blocklist(["cat", "sq(uare"])
+
+
+def test_a_flagged_prompt_exits_2_before_anything_is_generated(tmp_path, capsys):
+    (tmp_path / "block.txt").write_text("circle\n")
+    out = tmp_path / "out"
+    code = main(["generate", "a red Circle", "--blocklist", str(tmp_path / "block.txt"), "--out", str(out), *TINY])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rejected by the content filter" in err and "'circle'" in err
+    assert main(["generate", "a red square", "--blocklist", str(tmp_path / "block.txt"), "--out", str(out),
+                 *TINY]) == 0
+    assert main(["generate", "a red circle", "--blocklist", str(tmp_path / "missing.txt"), *TINY]) == 2
+    assert "--blocklist: cannot read" in capsys.readouterr().err
+
+
+def test_the_server_answers_a_flagged_prompt_with_a_content_policy_error(tiny_pipeline):
+    testclient = pytest.importorskip("fastapi.testclient")
+    from unclip.server import create_app
+
+    app = create_app(tiny_pipeline, steps=1, prompt_filter=Blocklist(["star"]))
+    with testclient.TestClient(app) as client:
+        flagged = client.post("/v1/images/generations", json={"prompt": "a yellow star", "response_format": "b64_json"})
+        fine = client.post("/v1/images/generations", json={"prompt": "a yellow circle", "response_format": "b64_json"})
+    assert flagged.status_code == 400
+    error = flagged.json()["error"]
+    assert error["code"] == "content_policy_violation" and error["param"] == "prompt"
+    assert error["type"] == "invalid_request_error"
+    assert fine.status_code == 200 and len(fine.json()["data"]) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# the signature watermark
+
+
+def test_the_signature_is_five_squares_in_the_bottom_right_corner_scaled_with_the_image():
+    for side, square in ((1024, 16), (256, 4), (64, 1)):
+        image = Image.new("RGB", (side, side), "white")
+        signed = np.asarray(add_signature(image))
+        assert np.asarray(image).min() == 255  # the input is not drawn on
+        strip = signed[side - square:, side - 5 * square:]
+        for i, colour in enumerate(SIGNATURE):
+            assert (strip[:, i * square:(i + 1) * square] == colour).all(), (side, i)
+        rest = signed.copy()
+        rest[side - square:, side - 5 * square:] = 255
+        assert rest.min() == 255  # nothing else changes
+    with pytest.raises(ValueError, match="too small for the signature"):
+        add_signature(Image.new("RGB", (4, 4)))
+
+
+def test_watermark_from_the_cli_and_the_server(tmp_path, tiny_pipeline):
+    out = tmp_path / "out"
+    assert main(["generate", "a red circle", "--size", "64", "--watermark", "--out", str(out), *TINY]) == 0
+    corner = np.asarray(Image.open(out / "a-red-circle-0.png"))[-1, -5:]
+    assert [tuple(p) for p in corner] == list(SIGNATURE)  # 64 px: one-pixel squares
+
+    testclient = pytest.importorskip("fastapi.testclient")
+    from unclip.server import create_app
+
+    with testclient.TestClient(create_app(tiny_pipeline, steps=1, watermark=True)) as client:
+        response = client.post("/v1/images/generations", json={"prompt": "a circle", "size": "256x256",
+                                                                "response_format": "b64_json"})
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))))
+    assert (image[-4:, -4:] == SIGNATURE[-1]).all() and (image[-4:, -20:-16] == SIGNATURE[0]).all()
