@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from unclip.cli import main
@@ -182,3 +183,114 @@ def test_watermark_from_the_cli_and_the_server(tmp_path, tiny_pipeline):
                                                                 "response_format": "b64_json"})
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))))
     assert (image[-4:, -4:] == SIGNATURE[-1]).all() and (image[-4:, -20:-16] == SIGNATURE[0]).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# outpainting
+
+
+def test_window_origins_cover_the_canvas_nearest_first():
+    from unclip.pipeline.outpaint import window_origins
+
+    origins = window_origins(96, 64, 40, centre=(48, 32))
+    covered = np.zeros((64, 96), bool)
+    for x, y in origins:
+        assert 0 <= x <= 56 and 0 <= y <= 24
+        covered[y:y + 40, x:x + 40] = True
+    assert covered.all()
+    distances = [(x + 20 - 48) ** 2 + (y + 20 - 32) ** 2 for x, y in origins]
+    assert distances == sorted(distances)
+
+
+def test_outpaint_grows_the_canvas_and_keeps_the_original_exactly(tmp_path, capsys):
+    original = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)  # not square
+    Image.fromarray(original).save(tmp_path / "small.png")
+    out = tmp_path / "out"
+    assert main(["outpaint", str(tmp_path / "small.png"), "a red circle", "--expand", "8", "--right", "20",
+                 "--out", str(out), *TINY]) == 0
+    result = np.asarray(Image.open(out / "small-outpaint-0.png"))
+    assert result.shape == (24 + 16, 32 + 8 + 20, 3)
+    assert np.array_equal(result[8:32, 8:40], original)
+    border = np.ones(result.shape[:2], bool)
+    border[8:32, 8:40] = False
+    assert result[border].std() > 1  # the new area is drawn, not left blank
+    assert capsys.readouterr().out.split() == [str(out / "small-outpaint-0.png")]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "margins: nothing to outpaint"),
+    (["--left", "-3"], "left: expected a whole number >= 0"),
+    (["--expand", "5000"], "left: at most 4096 pixels"),
+])
+def test_outpaint_refuses_bad_margins_in_one_line(tmp_path, capsys, args, message):
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    assert main(["outpaint", str(tmp_path / "a.png"), "a circle", *args, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unclip outpaint: error: ") and message in err and err.count("\n") == 1
+
+
+def test_outpaint_from_python_conditions_each_window_on_what_is_there(tiny_pipeline, monkeypatch):
+    """Every window is decoded from slerp(z_prompt, z_there, context): with context 0 all windows get
+    the prompt's one embedding; with context 1 each gets the embedding of what it shows."""
+    import unclip.pipeline.outpaint as outpaint
+
+    seen = []
+    real = outpaint.inpaint
+
+    def spy(pipe, image, prompt, options, **kwargs):
+        seen.append(kwargs["image_emb"].clone())
+        return real(pipe, image, prompt, options, **kwargs)
+
+    monkeypatch.setattr(outpaint, "inpaint", spy)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    kwargs = dict(left=16, top=16, size=32, steps=1, seed=0, progress=False)
+    first = tiny_pipeline.outpaint(image, "a star", context=0.0, **kwargs)
+    assert first.size == (48, 48) and len(seen) > 1
+    assert all(torch.equal(z, seen[0]) for z in seen)
+    seen.clear()
+    tiny_pipeline.outpaint(image, "a star", context=1.0, **kwargs)
+    # 32-pixel windows on the 48-pixel canvas; the original's own is skipped, the first drawn is the
+    # top-right one (x 16..48, y 0..32), whose bottom half is the original's top half
+    window = np.zeros((32, 32, 3), np.uint8)
+    window[16:] = np.asarray(image)[:16]
+    window[:16] = np.asarray(image)[:16].reshape(-1, 3).mean(axis=0).round()
+    there = tiny_pipeline.clip.encode_image([Image.fromarray(window)])[0]
+    torch.testing.assert_close(seen[0], there, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(seen[0], seen[1])
+
+
+def test_the_server_outpaints_and_keeps_the_original(tiny_pipeline):
+    testclient = pytest.importorskip("fastapi.testclient")
+    from unclip.server import create_app
+
+    original = np.random.default_rng(5).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(original).save(png, format="PNG")
+    files = {"image": ("a.png", png.getvalue(), "image/png")}
+    with testclient.TestClient(create_app(tiny_pipeline, steps=1)) as client:
+        response = client.post("/v1/images/outpaint", files=files,
+                               data={"prompt": "a circle", "expand": "4", "right": "12", "response_format": "b64_json"})
+        nothing = client.post("/v1/images/outpaint", files=files, data={"prompt": "a circle"})
+        too_far = client.post("/v1/images/outpaint", files=files, data={"prompt": "a circle", "top": "5000"})
+    assert response.status_code == 200, response.text
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))))
+    assert image.shape == (24, 32, 3) and np.array_equal(image[4:20, 4:20], original)
+    assert nothing.status_code == 400 and nothing.json()["error"]["param"] == "expand"
+    assert too_far.status_code == 400 and too_far.json()["error"]["param"] == "top"
+
+
+def test_outpaint_of_a_shapes_render_with_the_shipped_cascade():
+    """The left half of a render, outpainted to the right with its caption by the shipped cascade:
+    the kept half comes back exactly and the detector reads the whole caption."""
+    from unclip.data.shapes import scene_from_attributes
+    from unclip.evaluation.detector import detect, score
+    from unclip.pipeline import UnCLIPPipeline
+
+    scene = scene_from_attributes("red", "circle", size="large", position="left", background="white")
+    half = scene.render(64).crop((0, 0, 32, 64))
+    pipe = UnCLIPPipeline.from_pretrained(ROOT / "checkpoints" / "shapes")
+    result = pipe.outpaint(half, scene.caption, right=32, size=64, seed=0, progress=False,
+                           steps={"prior": 10, "decoder": 10})
+    assert result.size == (64, 64)
+    assert np.array_equal(np.asarray(result)[:, :32], np.asarray(half))
+    assert score(detect(result), scene)["all"]

@@ -124,6 +124,21 @@ def test_upload_for_variations_and_edit_with_the_brush(page, tmp_path):
     assert not page.locator("#error").is_visible()
 
 
+def test_outpaint_an_upload(page, tmp_path):
+    path = tmp_path / "small.png"
+    Image.fromarray(np.full((48, 48, 3), (30, 160, 90), np.uint8)).save(path)
+    page.fill("#n", "1")
+    page.set_input_files("#upload", str(path))
+    page.wait_for_function("!document.getElementById('outpaint-upload').disabled")
+    page.fill("#prompt", "a green square")
+    page.fill("#expand", "8")
+    page.click("#outpaint-upload")
+    wait_for_results(page, 1)
+    widths = page.eval_on_selector_all("#results img.result", "imgs => imgs.map(i => i.naturalWidth)")
+    assert widths == [64]  # 48 + 2 × 8: the canvas grew
+    assert not page.locator("#error").is_visible()
+
+
 def test_the_servers_refusal_is_shown(page):
     page.fill("#prompt", "")
     page.click("#generate")

@@ -18,6 +18,7 @@ import unclip.pipeline.folder as folder
 import unclip.pipeline.inpaint as inpaint
 import unclip.pipeline.karlo as karlo
 import unclip.pipeline.manipulate as manipulate
+import unclip.pipeline.outpaint as outpaint
 from unclip.config import SAMPLED_STAGES, UPSAMPLERS, ClipConfig, Stage
 from unclip.networks.clip import ClipEncoder, TextEncoding
 from unclip.networks.decoder import Decoder
@@ -53,8 +54,8 @@ class UnCLIPPipeline:
             raise ValueError(f"upsamplers: unknown or unpaired slot {unknown[0]!r} (slots: {', '.join(UPSAMPLERS)})")
         _check_widths(self)
         learned = decoder is None or decoder.cfg.learned_variance
-        self.sampling = {s: default_sampling(s, learned) for s in SAMPLED_STAGES}
-        self.sampling.update({Stage(s): v for s, v in (sampling or {}).items()})
+        self.sampling = {**{s: default_sampling(s, learned) for s in SAMPLED_STAGES},
+                         **{Stage(s): v for s, v in (sampling or {}).items()}}
         self._empty: dict[tuple, TextEncoding] = {}
         for module in self._modules():
             module.eval().requires_grad_(False)
@@ -85,8 +86,8 @@ class UnCLIPPipeline:
             Stage(stage), self.upsamplers.get(Stage(stage)))
 
     def _modules(self) -> list[torch.nn.Module]:
-        parts = [self.clip, self.prior, self.decoder, *self.upsamplers.values(), *self.last_steps.values()]
-        return [m for m in parts if m is not None]
+        return [m for m in (self.clip, self.prior, self.decoder, *self.upsamplers.values(), *self.last_steps.values())
+                if m is not None]
 
     def to(self, device: str | torch.device) -> UnCLIPPipeline:
         """Move every network to ``device`` (weights stay float32; ``precision="bf16"`` autocasts)."""
@@ -119,8 +120,7 @@ class UnCLIPPipeline:
     def empty_caption(self) -> TextEncoding:
         """The empty caption's encodings (one row), guidance's unconditional text: encoded once per
         device and autocast setting."""
-        key = (self.device, torch.is_autocast_enabled(self.device.type),
-               torch.get_autocast_dtype(self.device.type))
+        key = (self.device, torch.is_autocast_enabled(self.device.type), torch.get_autocast_dtype(self.device.type))
         if key not in self._empty:
             self._empty[key] = self.clip.encode_text([""])
         return self._empty[key]
@@ -143,16 +143,16 @@ class UnCLIPPipeline:
         """Upsampler slots that take the decoder's output to ``size``."""
         return list(UPSAMPLERS[: self.sizes.index(size)])
 
-    def plan(self, stages: Sequence[Stage], options: SamplingOptions | None = None, **overrides) -> dict[Stage, StageRun]:
+    def plan(self, stages: Sequence[Stage], options: SamplingOptions | None = None,
+             **overrides) -> dict[Stage, StageRun]:
         """Per-stage settings for one call (see ``plan.make_plan``)."""
         return make_plan(self.sampling, [Stage(s) for s in stages], SamplingOptions.of(options, overrides))
 
-    @torch.no_grad()
     def generate(self, prompts: str | Sequence[str], n: int = 1, options: SamplingOptions | None = None, *,
-                 prior_candidates: int = 2, return_embeddings: bool = False, **overrides) -> list[Image.Image] | Generation:
-        """``n`` images per prompt. ``options`` (or its fields as keywords: size, steps, guidance,
-        sampler, seed, generator, progress, precision; see ``SamplingOptions``) set the sampling.
-        Returns PIL images, or a ``Generation`` with the pixels and embeddings when ``return_embeddings``."""
+                 prior_candidates: int = 2, return_embeddings: bool = False,
+                 **overrides) -> list[Image.Image] | Generation:
+        """``n`` images per prompt, sampled as ``options`` (or its fields as keywords) say; a
+        ``Generation`` with the pixels and embeddings when ``return_embeddings``."""
         return text_to_image(self, prompts, n, SamplingOptions.of(options, overrides),
                              prior_candidates=prior_candidates, return_embeddings=return_embeddings)
 
@@ -182,6 +182,13 @@ class UnCLIPPipeline:
         """Edits of a square image: its transparent pixels regenerated; see ``inpaint.inpaint``."""
         return inpaint.inpaint(self, image, prompt, SamplingOptions.of(options, overrides), mask=mask, n=n,
                                output_side=output_side, resample=resample)
+
+    def outpaint(self, image: Image.Image, prompt: str, options: SamplingOptions | None = None, *, left: int = 0,
+                 right: int = 0, top: int = 0, bottom: int = 0, context: float = 0.5, resample: int = 0,
+                 **overrides) -> Image.Image:
+        """``image`` on a canvas grown by the margins, the new area drawn to fit; see ``outpaint.outpaint``."""
+        return outpaint.outpaint(self, image, prompt, SamplingOptions.of(options, overrides),
+                                 margins=outpaint.Margins(left, right, top, bottom), context=context, resample=resample)
 
 
 def _check_widths(pipe: UnCLIPPipeline) -> None:

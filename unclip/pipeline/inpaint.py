@@ -81,14 +81,16 @@ def ddpm_run(run: StageRun) -> StageRun:
 
 @torch.no_grad()
 def inpaint(pipe, image: Image.Image, prompt: str, options: SamplingOptions, *, mask: Image.Image | None = None,
-            n: int = 1, output_side: int | None = None, resample: int = 0) -> list[Image.Image]:
+            n: int = 1, output_side: int | None = None, resample: int = 0,
+            image_emb: torch.Tensor | None = None) -> list[Image.Image]:
     """``n`` edits of a square ``image``: the pixels that ``mask``'s alpha (or, without a mask, the
     image's own alpha) marks fully transparent are regenerated to fit ``prompt`` and the rest.
 
     The cascade runs to ``options.size`` (a side this pipeline makes, default its largest up to
     256); the results are resized to ``output_side`` (default that size) and the kept pixels pasted
     back there from the image, so they come back exactly. ``resample`` adds RePaint's resampling to
-    the decoder. Every stage samples with DDPM (``options.sampler`` is not used).
+    the decoder. ``image_emb`` (D,) is the z_i to decode from instead of the prior's sample for the
+    prompt (outpainting passes one). Every stage samples with DDPM (``options.sampler`` is not used).
     """
     prompt = check_prompts(pipe.clip, prompt)[0]
     check_count("n", n)
@@ -96,13 +98,15 @@ def inpaint(pipe, image: Image.Image, prompt: str, options: SamplingOptions, *, 
     if image.size[0] != image.size[1]:
         raise ValueError(f"image: the image is {image.size[0]}×{image.size[1]}, not square")
     keep = keep_mask(image, mask)
-    pipe.require(Stage.prior, "inpaint")
+    if image_emb is None:
+        pipe.require(Stage.prior, "inpaint")
     pipe.require(Stage.decoder, "inpaint")
     size = pipe.check_size(options.size)
     output_side = size if output_side is None else check_count("output_side", output_side)
     chain = pipe.upsampler_chain(size)
     plan = {stage: ddpm_run(run) for stage, run in
-            make_plan(pipe.sampling, [Stage.prior, Stage.decoder, *chain], replace(options, sampler=None)).items()}
+            make_plan(pipe.sampling, [*([Stage.prior] if image_emb is None else []), Stage.decoder, *chain],
+                      replace(options, sampler=None)).items()}
     g = options.make_generator(pipe.device)
 
     def noise_fn(shape):
@@ -110,7 +114,10 @@ def inpaint(pipe, image: Image.Image, prompt: str, options: SamplingOptions, *, 
 
     with options.autocast(pipe.device):
         text = pipe.clip.encode_text([prompt])[torch.zeros(n, dtype=torch.long, device=pipe.device)]  # (n, ...)
-        image_emb = sample_prior(pipe, text, plan[Stage.prior], g, progress=options.progress)
+        if image_emb is None:
+            image_emb = sample_prior(pipe, text, plan[Stage.prior], g, progress=options.progress)
+        else:
+            image_emb = image_emb.reshape(1, -1).to(pipe.device).expand(n, -1)
         side = pipe.decoder.cfg.sample_size
         run = plan[Stage.decoder]
         known = known_at(image, keep, side, pipe.device)
@@ -118,8 +125,8 @@ def inpaint(pipe, image: Image.Image, prompt: str, options: SamplingOptions, *, 
                               noise_fn((n, 3, side, side)), run.steps, known=known.x0, keep=known.keep,
                               noise_fn=noise_fn, generator=g, resample=resample).clamp(-1, 1)
         for slot in chain:
-            pixels = _upsample_known(pipe, slot, pixels, plan[slot], known_at(image, keep, _side(pipe, slot), pipe.device),
-                                     g, noise_fn)
+            known = known_at(image, keep, _side(pipe, slot), pipe.device)
+            pixels = _upsample_known(pipe, slot, pixels, plan[slot], known, g, noise_fn)
     return [paste_known(out, image, keep, output_side) for out in tensor_to_pil(pixels)]
 
 

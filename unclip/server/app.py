@@ -1,7 +1,7 @@
 """The FastAPI app: OpenAI's Images API (DALL·E 2 era) over an ``UnCLIPPipeline``, and the web page.
 
 Routes: ``POST /v1/images/generations`` (JSON), ``/v1/images/edits``, ``/v1/images/variations`` and
-the extension ``/v1/images/interpolations`` (multipart); ``GET /v1/models``, ``GET /health``,
+the extensions ``/v1/images/interpolations`` and ``/v1/images/outpaint`` (multipart); ``GET /v1/models``, ``GET /health``,
 ``GET /images/<name>`` (the files behind ``response_format=url``) and ``GET /`` (the page).
 Each request takes a queue slot before its body is read, is validated (``jobs``), then waits for
 the worker thread (``queue``), so the event loop never runs the pipeline.
@@ -138,6 +138,13 @@ def add_image_routes(api: APIRouter, jobs: JobBuilder, queue: WorkQueue) -> None
     async def interpolations(request: Request):
         """Extension: ``frames`` images from ``image_a`` to ``image_b`` (slerp of CLIP embeddings)."""
         return await serve(request, jobs.interpolation)
+
+    @api.post("/images/outpaint", openapi_extra=schema.body(schema.OUTPAINT, multipart), **doc)
+    async def outpaint(request: Request):
+        """Extension: the image on a canvas grown by ``expand`` pixels on every side (or ``left``,
+        ``right``, ``top``, ``bottom``), the new area drawn to fit the prompt; the original's pixels
+        come back unchanged and the result has the grown canvas's size (``size`` is not applied)."""
+        return await serve(request, jobs.outpaint)
 
 
 def add_model_routes(api: APIRouter, model_name: str) -> None:

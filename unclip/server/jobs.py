@@ -10,9 +10,10 @@ from fastapi import Request
 
 from unclip.pipeline import UnCLIPPipeline
 from unclip.pipeline.inputs import check_prompts
+from unclip.pipeline.outpaint import Margins
 from unclip.safety import ContentPolicyViolation, PromptFilter, check_prompt
 from unclip.server.errors import APIError
-from unclip.server.params import parse_common, parse_prompt
+from unclip.server.params import parse_common, parse_int, parse_prompt
 from unclip.server.queue import Job
 from unclip.server.uploads import file_part, has_alpha, read_form, read_json, read_png
 from unclip.server.work import (
@@ -20,11 +21,13 @@ from unclip.server.work import (
     EditTask,
     GenerateTask,
     InterpolateTask,
+    OutpaintTask,
     VaryTask,
     Worker,
 )
 
 MAX_FRAMES = 16
+MAX_MARGIN = 1024  # pixels an outpaint request may add on one side
 
 
 class JobBuilder:
@@ -79,6 +82,21 @@ class JobBuilder:
         common = parse_common(fields, self.model_name, text=True, n_name="frames", max_n=MAX_FRAMES, default_n=8)
         task = InterpolateTask(image_a, image_b, self.delivery(request, common))
         return Job(run=self.worker.interpolate, payload=task, weight=common.n)
+
+
+    async def outpaint(self, request: Request) -> Job:
+        fields, files = await read_form(request)
+        image = read_png(file_part(files, fields, "image"), "image")
+        prompt = self.prompt(fields.get("prompt"))
+        expand = parse_int(fields.get("expand"), "expand", 0, 0, MAX_MARGIN, text=True)
+        sides = {side: parse_int(fields.get(side), side, expand, 0, MAX_MARGIN, text=True)
+                 for side in ("left", "right", "top", "bottom")}
+        if not any(sides.values()):
+            raise APIError("Invalid request: give 'expand' or at least one of 'left', 'right', 'top', 'bottom' "
+                           "a number of pixels above 0.", param="expand", code="invalid_value")
+        common = parse_common(fields, self.model_name, text=True)
+        task = OutpaintTask(prompt, image, Margins(**sides), self.delivery(request, common))
+        return Job(run=self.worker.outpaint, payload=task, weight=common.n)
 
 
 def check_edit_images(image, mask) -> None:

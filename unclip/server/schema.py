@@ -69,6 +69,11 @@ INTERPOLATION = _object(["image_a", "image_b"], image_a=PNG, image_b=PNG,
                         frames={"type": "integer", "minimum": 2, "maximum": 16, "default": 8},
                         **{k: v for k, v in COMMON.items() if k != "n"})
 
+MARGIN = {"type": "integer", "minimum": 0, "maximum": 1024}
+OUTPAINT = _object(["image", "prompt"], image=PNG, prompt=PROMPT,
+                   expand=dict(MARGIN, description="pixels added on every side", default=0),
+                   left=MARGIN, right=MARGIN, top=MARGIN, bottom=MARGIN, **COMMON)
+
 
 def body(schema: dict[str, Any], media_type: str) -> dict[str, Any]:
     """``openapi_extra`` declaring a required request body."""

@@ -21,6 +21,7 @@ from PIL import Image
 
 from unclip.pipeline import UnCLIPPipeline
 from unclip.pipeline.inpaint import resize_square
+from unclip.pipeline.outpaint import Margins
 from unclip.pipeline.plan import SamplingOptions, StageValue
 from unclip.pipeline.watermark import add_signature
 from unclip.server.files import ImageStore
@@ -58,6 +59,14 @@ class EditTask:
 @dataclass
 class VaryTask:
     image: Image.Image
+    delivery: Delivery
+
+
+@dataclass
+class OutpaintTask:
+    prompt: str
+    image: Image.Image
+    margins: Margins
     delivery: Delivery
 
 
@@ -118,10 +127,21 @@ class Worker:
             out.append(self.deliver(images, task.delivery, source))
         return out
 
-    def deliver(self, images: list[Image.Image], delivery: Delivery, source: int) -> Result:
+    def outpaint(self, tasks: list[OutpaintTask]) -> list[Result]:
+        """Each expanded canvas comes back at its own size (the requested size is not applied)."""
+        out = []
+        for task in tasks:
+            source = self.source_side(max(task.image.size))
+            options = SamplingOptions(size=source, steps=self.steps, progress=False)
+            images = [self.pipe.outpaint(task.image, task.prompt, options, **vars(task.margins), seed=None)
+                      for _ in range(task.delivery.common.n)]
+            out.append(self.deliver(images, task.delivery, source, resize=False))
+        return out
+
+    def deliver(self, images: list[Image.Image], delivery: Delivery, source: int, resize: bool = True) -> Result:
         data: list[dict[str, Any]] = []
         for image in images:
-            image = resize_square(image, delivery.common.side)
+            image = resize_square(image, delivery.common.side) if resize else image
             png = encode_png(add_signature(image) if self.watermark else image)
             if delivery.common.response_format == "b64_json":
                 data.append({"b64_json": base64.b64encode(png).decode("ascii")})
