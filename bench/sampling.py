@@ -17,6 +17,7 @@ transformers for the diffusers side (skipped with a note otherwise).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -53,15 +54,46 @@ def ours(pipe: UnCLIPPipeline, size: int, *, sampler=None, steps=KARLO_STEPS, ca
     return run
 
 
-def theirs(oracle):
+def theirs(oracle, steps):
     def run(batch: int):
-        oracle(prompt=PROMPT, num_images_per_prompt=batch, prior_num_inference_steps=KARLO_STEPS["prior"],
-               decoder_num_inference_steps=KARLO_STEPS["decoder"],
-               super_res_num_inference_steps=KARLO_STEPS["upsampler"], prior_guidance_scale=GUIDANCE["prior"],
-               decoder_guidance_scale=GUIDANCE["decoder"], generator=torch.Generator(oracle.device).manual_seed(0),
-               output_type="np")
+        oracle(prompt=PROMPT, num_images_per_prompt=batch, prior_num_inference_steps=steps["prior"],
+               decoder_num_inference_steps=steps["decoder"], super_res_num_inference_steps=steps["upsampler"],
+               prior_guidance_scale=GUIDANCE["prior"], decoder_guidance_scale=GUIDANCE["decoder"],
+               generator=torch.Generator(oracle.device).manual_seed(0), output_type="np")
 
     return run
+
+
+def build_rows(pipe: UnCLIPPipeline, device: torch.device, steps: dict, bf16: bool) -> list[tuple[str, object]]:
+    """(label, run(batch)) per row. The like-for-like rows need diffusers' UnCLIPScheduler on
+    every stage, which has no v prediction: for a pipeline with a v stage (the shipped shapes
+    decoder) they are left out, with the reason printed."""
+    sizes, rows = pipe.sizes, []
+    try:
+        from unclip.pipeline.karlo import to_diffusers
+
+        oracle = to_diffusers(pipe).to(device)
+        oracle.set_progress_bar_config(disable=True)
+        rows.append((f"diffusers UnCLIPPipeline  → {sizes[1]}", theirs(oracle, steps)))
+        rows.append((f"unclip, same samplers     → {sizes[1]}", ours(pipe, sizes[1], sampler="unclip", steps=steps)))
+        if bf16:
+            rows.append((f"unclip bf16 autocast      → {sizes[1]}",
+                         ours(pipe, sizes[1], sampler="unclip", steps=steps, precision="bf16")))
+    except ImportError as err:
+        print(f"(diffusers' UnCLIPPipeline unavailable: {err}; unclip rows only)\n")
+    except ValueError as err:  # a stage UnCLIPScheduler cannot sample, e.g. v prediction
+        print(f"(no like-for-like rows: {err})\n")
+    rows.append((f"unclip defaults (best of 2) → {sizes[1]}", ours(pipe, sizes[1], sampler="ddpm", candidates=2,
+                 steps=steps)))
+    fast_steps = {"prior": 10, "decoder": 10, "upsampler": steps["upsampler"]}
+    rows.append((f"unclip dpmpp 10/10/{fast_steps['upsampler']}      → {sizes[1]}",
+                 ours(pipe, sizes[1], sampler={"prior": "dpmpp", "decoder": "dpmpp"}, steps=fast_steps)))
+    if bf16:
+        rows.append((f"unclip defaults, bf16     → {sizes[1]}", ours(pipe, sizes[1], sampler="ddpm", candidates=2,
+                     steps=steps, precision="bf16")))
+    if len(sizes) > 2:
+        rows.append((f"unclip defaults           → {sizes[2]}", ours(pipe, sizes[2], steps=steps)))
+    return rows
 
 
 def main() -> int:
@@ -71,8 +103,12 @@ def main() -> int:
     source.add_argument("--checkpoint", help="a pipeline folder instead of random weights")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, nargs=3, metavar=("PRIOR", "DECODER", "UPSAMPLER"),
+                        help="sampling steps (default Karlo's: 25 25 7)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast row")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    parser.add_argument("--json", action="store_true",
+                        help='end with one line {"rows": [{"label", "batch", "seconds", "ratio"}, ...]}')
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -80,36 +116,15 @@ def main() -> int:
         pipe, source = UnCLIPPipeline.from_pretrained(args.checkpoint, device=device), args.checkpoint
     else:
         pipe, source = UnCLIPPipeline.from_configs(args.configs, device=device), f"{args.configs} (random weights)"
-    sizes = pipe.sizes
-    if len(sizes) < 2:
+    if len(pipe.sizes) < 2:
         print("the pipeline needs at least the decoder and one upsampler", file=sys.stderr)
         return 2
+    steps = dict(zip(("prior", "decoder", "upsampler"), args.steps)) if args.steps else KARLO_STEPS
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"weights: {source}; device: {name}; torch {torch.__version__}")
-    print(f"steps prior/decoder/upsampler = {KARLO_STEPS['prior']}/{KARLO_STEPS['decoder']}/"
-          f"{KARLO_STEPS['upsampler']}, guidance {GUIDANCE['prior']}/{GUIDANCE['decoder']}; "
-          f"best of {args.repeats} interleaved rounds after a warm-up\n")
-
-    rows: list[tuple[str, object]] = []
-    try:
-        from unclip.pipeline.karlo import to_diffusers
-
-        oracle = to_diffusers(pipe).to(device)
-        oracle.set_progress_bar_config(disable=True)
-        rows.append((f"diffusers UnCLIPPipeline  → {sizes[1]}", theirs(oracle)))
-    except ImportError as err:
-        print(f"(diffusers' UnCLIPPipeline unavailable: {err}; unclip rows only)\n")
-    rows.append((f"unclip, same samplers     → {sizes[1]}", ours(pipe, sizes[1], sampler="unclip")))
-    rows.append((f"unclip defaults (best of 2) → {sizes[1]}", ours(pipe, sizes[1], sampler="ddpm", candidates=2)))
-    fast_steps = {"prior": 10, "decoder": 10, "upsampler": 7}
-    rows.append((f"unclip dpmpp 10/10/7      → {sizes[1]}", ours(pipe, sizes[1], sampler={"prior": "dpmpp",
-                 "decoder": "dpmpp"}, steps=fast_steps)))
-    if not args.no_bf16:
-        rows.append((f"unclip bf16 autocast      → {sizes[1]}", ours(pipe, sizes[1], sampler="unclip",
-                     precision="bf16")))
-    if len(sizes) > 2:
-        rows.append((f"unclip, same samplers     → {sizes[2]}", ours(pipe, sizes[2], sampler={
-            "prior": "unclip", "decoder": "unclip", "upsampler_256": "unclip", "upsampler_1024": "ddpm"})))
+    print(f"steps prior/decoder/upsampler = {steps['prior']}/{steps['decoder']}/{steps['upsampler']}, guidance "
+          f"{GUIDANCE['prior']}/{GUIDANCE['decoder']}; best of {args.repeats} interleaved rounds after a warm-up\n")
+    rows = build_rows(pipe, device, steps, not args.no_bf16)
 
     # rows interleaved within each round, best of the rounds: robust to other load on the machine
     seconds: dict[tuple[str, int], list[float]] = {}
@@ -119,18 +134,20 @@ def main() -> int:
         for _ in range(args.repeats):
             for label, fn in rows:
                 seconds.setdefault((label, batch), []).append(timed(lambda fn=fn, batch=batch: fn(batch), device))
-    print(f"{'':38}" + "".join(f"{'batch ' + str(b):>22}" for b in args.batches))
     reference = {b: min(seconds[label, b]) for label, _ in rows if label.startswith("diffusers") for b in args.batches}
+    table = [{"label": label.strip(), "batch": batch, "seconds": min(seconds[label, batch]),
+              "ratio": (min(seconds[label, batch]) / reference[batch]
+                        if batch in reference and not label.startswith("diffusers") else None)}
+             for label, _ in rows for batch in args.batches]
+    print(f"{'':38}" + "".join(f"{'batch ' + str(b):>22}" for b in args.batches))
     for label, _ in rows:
-        cells = []
-        for batch in args.batches:
-            best = min(seconds[label, batch])
-            compared = batch in reference and not label.startswith("diffusers")
-            ratio = f" ({best / reference[batch]:4.2f}×)" if compared else ""
-            cells.append(f"{best:9.3f} s{ratio}")
+        cells = [f"{r['seconds']:9.3f} s" + (f" ({r['ratio']:4.2f}×)" if r["ratio"] is not None else "")
+                 for r in table if r["label"] == label.strip()]
         print(f"{label:38}" + "".join(f"{c:>22}" for c in cells))
     if reference:
         print("\n(×) = unclip's time / diffusers' time at the same batch: below 1 is faster")
+    if args.json:
+        print(json.dumps({"rows": table}))
     return 0
 
 
