@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "diff": ("unclip.cli.diff", "text diff: move an image toward a new caption"),
     "edit": ("unclip.cli.edit", "regenerate the transparent part of an image to fit a prompt"),
     "outpaint": ("unclip.cli.outpaint", "expand an image beyond its canvas"),
+    "upscale": ("unclip.cli.upscale", "an image through the upsamplers alone (super-resolution)"),
     "train": ("unclip.cli.train", "train one stage (clip, prior, decoder, upsampler)"),
     "embed": ("unclip.cli.embed", "precompute CLIP embeddings of a data set"),
     "eval": ("unclip.cli.evaluate", "measure a checkpoint's quality on the shapes set"),

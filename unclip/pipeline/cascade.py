@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import takewhile
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from unclip.pipeline.plan import (
     default_sampling,
     make_plan,
 )
-from unclip.pipeline.sampling import text_to_image
+from unclip.pipeline.sampling import text_to_image, upscale
 
 DEFAULT_MAX_SIZE = 256  # default output side: the largest the pipeline makes up to this
 
@@ -102,14 +103,9 @@ class UnCLIPPipeline:
     @property
     def sizes(self) -> list[int]:
         """Output sides this pipeline can make: the decoder's, then each upsampler's in turn."""
-        if self.decoder is None:
-            return []
-        sizes = [self.decoder.cfg.sample_size]
-        for slot in UPSAMPLERS:
-            if slot not in self.upsamplers:
-                break  # a 1024 stage without the 256 stage cannot be reached
-            sizes.append(self.upsamplers[slot].cfg.sample_size)
-        return sizes
+        reachable = takewhile(self.upsamplers.__contains__, UPSAMPLERS)  # no 1024 stage without the 256 one
+        ups = [self.upsamplers[s].cfg.sample_size for s in reachable]
+        return [self.decoder.cfg.sample_size, *ups] if self.decoder else []
 
     @property
     def default_size(self) -> int:
@@ -182,6 +178,10 @@ class UnCLIPPipeline:
         """Edits of a square image: its transparent pixels regenerated; see ``inpaint.inpaint``."""
         return inpaint.inpaint(self, image, prompt, SamplingOptions.of(options, overrides), mask=mask, n=n,
                                output_side=output_side, resample=resample)
+
+    def upscale(self, image: ImageInput, options: SamplingOptions | None = None, **overrides) -> Image.Image:
+        """A square image through the upsamplers alone, to ``size``; see ``sampling.upscale``."""
+        return upscale(self, image, SamplingOptions.of(options, overrides))
 
     def outpaint(self, image: Image.Image, prompt: str, options: SamplingOptions | None = None, *, left: int = 0,
                  right: int = 0, top: int = 0, bottom: int = 0, context: float = 0.5, resample: int = 0,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from unclip.config import Stage
 from unclip.data.degradations import upsample_condition
-from unclip.data.images import tensor_to_pil
+from unclip.data.images import image_to_tensor, tensor_to_pil
 from unclip.diffusion.sampling import sample_loop, set_timesteps
 from unclip.diffusion.schedule import noised_start
 from unclip.networks.clip import TextEncoding
@@ -26,7 +26,7 @@ from unclip.pipeline.denoisers import (
     prior_denoiser,
     upsampler_denoiser,
 )
-from unclip.pipeline.inputs import check_count, check_prompts
+from unclip.pipeline.inputs import ImageInput, check_count, check_prompts, load_image
 from unclip.pipeline.plan import Generation, SamplingOptions, StageRun, make_plan
 
 
@@ -122,3 +122,25 @@ def text_to_image(pipe, prompts: str | Sequence[str], n: int, options: SamplingO
     if return_embeddings:
         return Generation(images=images, pixels=pixels, image_emb=image_emb, text_emb=text.emb)
     return images
+
+
+@torch.no_grad()
+def upscale(pipe, image: ImageInput, options: SamplingOptions) -> Image.Image:
+    """A square image (PIL or path) to side ``options.size`` by the upsamplers alone (no text, no
+    guidance). The image is first resized (bicubic, antialiased) to the largest side of the cascade
+    at or below its own, at least the decoder's, and only the stages above that side run: a 256
+    image goes to 1024 through the 256→1024 stage only."""
+    image = load_image(image)
+    if not pipe.upsamplers:
+        raise ValueError("missing component: this pipeline has no upsampler, so it cannot upscale")
+    size = pipe.check_size(options.size if options.size is not None else pipe.sizes[-1])
+    start = max([s for s in pipe.sizes if s <= max(image.size[0], pipe.sizes[0])])
+    if size <= start:
+        raise ValueError(f"size: {size} is not above the image's side in this cascade ({start}); upscaling "
+                         f"goes to one of {', '.join(str(s) for s in pipe.sizes if s > pipe.sizes[0])}")
+    plan = make_plan(pipe.sampling, pipe.upsampler_chain(size), options)
+    pixels = image_to_tensor(image.resize((start, start), Image.Resampling.BICUBIC) if image.size[0] != start
+                             else image)[None].to(pipe.device)
+    with options.autocast(pipe.device):
+        out = upsample(pipe, pixels, size, plan, options.make_generator(pipe.device), progress=options.progress)
+    return tensor_to_pil(out)[0]
