@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=64, help="render side, and the cascade side used")
     parser.add_argument("--keep", type=int, default=32, help="width of the left part that is kept")
     parser.add_argument("--steps", type=int, default=10, help="prior and decoder steps")
-    parser.add_argument("--context", type=float, default=0.5)
+    parser.add_argument("--context", type=float, default=0.25)
     parser.add_argument("--resample", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/outpaint"))

@@ -17,9 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for side in ("left", "right", "top", "bottom"):
         parser.add_argument(f"--{side}", type=int, metavar="PX",
                             help=f"pixels to add on the {side} (wins over --expand)")
-    parser.add_argument("--context", type=float, default=0.5,
+    parser.add_argument("--context", type=float, default=0.25,
                         help="0..1: how much each window follows what it already shows rather than the prompt "
-                             "(default 0.5)")
+                             "(default 0.25)")
     parser.add_argument("--resample", type=int, default=0, metavar="R",
                         help="RePaint resampling of each window (default 0)")
     common.add_sampling_arguments(parser, guidance_stages="prior and the decoder")

@@ -184,7 +184,7 @@ class UnCLIPPipeline:
         return upscale(self, image, SamplingOptions.of(options, overrides))
 
     def outpaint(self, image: Image.Image, prompt: str, options: SamplingOptions | None = None, *, left: int = 0,
-                 right: int = 0, top: int = 0, bottom: int = 0, context: float = 0.5, resample: int = 0,
+                 right: int = 0, top: int = 0, bottom: int = 0, context: float = 0.25, resample: int = 0,
                  **overrides) -> Image.Image:
         """``image`` on a canvas grown by the margins, the new area drawn to fit; see ``outpaint.outpaint``."""
         return outpaint.outpaint(self, image, prompt, SamplingOptions.of(options, overrides),

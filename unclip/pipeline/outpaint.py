@@ -60,7 +60,7 @@ def window_origins(width: int, height: int, side: int, centre: tuple[float, floa
 
 @torch.no_grad()
 def outpaint(pipe, image: Image.Image, prompt: str, options: SamplingOptions, *, margins: Margins,
-             context: float = 0.5, resample: int = 0) -> Image.Image:
+             context: float = 0.25, resample: int = 0) -> Image.Image:
     """``image`` on a canvas grown by ``margins``, the new area drawn to fit ``prompt`` and the
     picture; ``context`` in [0, 1] weighs what the window shows against the prompt (0: the prompt
     alone). The original's pixels come back exactly."""
