@@ -3,7 +3,7 @@
 import torch
 
 from unclip.data.shapes import parse_caption
-from unclip.training.stages.clip import relation_accuracy, relation_probe
+from unclip.evaluation.probes import relation_accuracy, relation_probe
 
 
 def _sign_embedding(signs):

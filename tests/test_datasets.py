@@ -16,7 +16,8 @@ from PIL import Image
 from unclip.config import DataConfig, DatasetKind
 from unclip.data import build_dataset
 from unclip.data.embeddings import EmbeddingsDataset, EmbeddingsWriter
-from unclip.data.folder import FolderDataset, image_to_tensor
+from unclip.data.folder import FolderDataset
+from unclip.data.images import image_to_tensor
 from unclip.data.shapes import INVERSE_RELATIONS
 from unclip.data.webdataset import ShardDataset, expand_shards, write_shards
 
