@@ -57,14 +57,34 @@ def add_filter_argument(parser: argparse.ArgumentParser) -> None:
                              "case-insensitive, whole words); default: no filter")
 
 
+def check_prompt(args: argparse.Namespace, prompt: str) -> None:
+    """A command's main prompt: not empty, and not flagged by ``--blocklist`` (before anything loads)."""
+    if not prompt.strip():
+        raise ValueError("prompt: the prompt is empty")
+    check_prompts(args, prompt)
+
+
+def read_image(path: str, name: str):
+    """The image at ``path`` with its alpha kept, fully read; a ValueError naming ``name`` if it cannot be."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{name}: cannot read {path}: {err}") from None
+
+
 def check_prompts(args: argparse.Namespace, *prompts: str) -> None:
     """Refuse, before anything is loaded, a prompt that ``--blocklist`` flags."""
-    from unclip.safety import Blocklist, check_prompt
+    from unclip.safety import Blocklist
+    from unclip.safety import check_prompt as refuse_if_flagged
 
     if args.blocklist is not None:
         blocklist = Blocklist.from_file(args.blocklist)
         for prompt in prompts:
-            check_prompt(blocklist, prompt)
+            refuse_if_flagged(blocklist, prompt)
 
 
 def stage_value(cast):

@@ -22,18 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_pipeline_arguments(parser)
 
 
-def read_png(path: str, name: str):
-    """The image at ``path`` with its alpha kept, fully read; a ValueError naming ``name`` if it cannot be."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{name}: cannot read {path}: {err}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from unclip.config import GUIDED_STAGES
     from unclip.pipeline.inpaint import keep_mask
@@ -41,11 +29,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_count("-n", args.n)  # cheap checks before loading anything
     check_count("--resample", args.resample, minimum=0)
-    if not args.prompt.strip():
-        raise ValueError("prompt: the prompt is empty")
-    common.check_prompts(args, args.prompt)
-    image = read_png(args.image, "image")
-    mask = read_png(args.mask, "mask") if args.mask else None
+    common.check_prompt(args, args.prompt)
+    image = common.read_image(args.image, "image")
+    mask = common.read_image(args.mask, "mask") if args.mask else None
     if image.size[0] != image.size[1]:
         raise ValueError(f"image: the image is {image.size[0]}×{image.size[1]}, not square; crop it to a square first")
     keep_mask(image, mask)  # no alpha, or a mask of another size: said before the pipeline loads

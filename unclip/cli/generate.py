@@ -24,9 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from unclip.pipeline.inputs import check_count
 
     check_count("-n", args.n)  # cheap checks before loading anything
-    if not args.prompt.strip():
-        raise ValueError("prompt: the prompt is empty")
-    common.check_prompts(args, args.prompt)
+    common.check_prompt(args, args.prompt)
     options = common.sampling_options(args, guided=GUIDED_STAGES)
     images = common.load_pipeline(args).generate(args.prompt, args.n, options, prior_candidates=args.prior_candidates)
     images = common.signed(args, images)

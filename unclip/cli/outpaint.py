@@ -28,7 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unclip.cli.edit import read_png
     from unclip.config import GUIDED_STAGES
     from unclip.pipeline.inputs import check_count
     from unclip.pipeline.outpaint import Margins
@@ -37,10 +36,8 @@ def run(args: argparse.Namespace) -> int:
     check_count("--resample", args.resample, minimum=0)
     margins = Margins(**{side: args.expand if getattr(args, side) is None else getattr(args, side)
                          for side in ("left", "right", "top", "bottom")})
-    if not args.prompt.strip():
-        raise ValueError("prompt: the prompt is empty")
-    common.check_prompts(args, args.prompt)
-    image = read_png(args.image, "image")
+    common.check_prompt(args, args.prompt)
+    image = common.read_image(args.image, "image")
     options = common.sampling_options(args, guided=GUIDED_STAGES)
     result = common.load_pipeline(args).outpaint(image, args.prompt, options, left=margins.left, right=margins.right,
                                                  top=margins.top, bottom=margins.bottom, context=args.context,
