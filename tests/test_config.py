@@ -10,6 +10,7 @@ from unclip.config import (
     DecoderStageConfig,
     Degradation,
     Precision,
+    PriorKind,
     Stage,
     load_stage_config,
     save_yaml,
@@ -23,9 +24,9 @@ def test_every_scale_has_its_stage_files():
     scales = {p.parent.name for p in CONFIGS}
     assert scales == {"tiny", "shapes", "karlo", "paper"}
     stems = {scale: {p.stem for p in CONFIGS if p.parent.name == scale} for scale in scales}
-    full = {"clip", "prior", "decoder", "upsampler_256", "upsampler_1024"}
+    full = {"clip", "prior", "prior_ar", "decoder", "upsampler_256", "upsampler_1024"}  # prior_ar: the AR prior
     assert stems["tiny"] == stems["shapes"] == stems["paper"] == full
-    assert stems["karlo"] == full - {"upsampler_1024"}  # Karlo has no 1024 stage
+    assert stems["karlo"] == full - {"upsampler_1024", "prior_ar"}  # Karlo has no 1024 stage and no AR prior
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -90,9 +91,14 @@ def test_enums_parse_from_values():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_each_config_names_its_own_stage(path):
-    """A stage file says which stage it configures; the file name is not read, but agrees."""
+    """A stage file says which stage it configures; the file name is not read, but agrees
+    (``prior_ar.yaml``: the prior stage, of the autoregressive kind)."""
     cfg = load_stage_config(path)
-    assert cfg.stage == path.stem and isinstance(cfg.stage, Stage)
+    assert isinstance(cfg.stage, Stage)
+    if path.stem == "prior_ar":
+        assert cfg.stage == "prior" and cfg.prior.kind is PriorKind.autoregressive
+    else:
+        assert cfg.stage == path.stem
 
 
 @pytest.mark.parametrize("sizes, slot", [({"sample_size": 256, "low_res_size": 64}, "upsampler_256"),

@@ -28,7 +28,8 @@ def test_paper_sizes():
 def test_cli_prints_one_line_per_stage(capsys):
     assert main(["params", str(CONFIGS / "tiny")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["clip", "decoder", "prior", "upsampler_1024", "upsampler_256"]
+    assert [line.split()[0] for line in lines] == ["clip", "decoder", "prior", "prior_ar", "upsampler_1024",
+                                                   "upsampler_256"]
     assert main(["params", str(CONFIGS / "tiny" / "prior.yaml")]) == 0
     assert capsys.readouterr().out.split()[1] == "13,680"
 

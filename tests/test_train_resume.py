@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -16,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 K = 2
 
 
-def train_args(stage: str, out: Path, *extra: str) -> list[str]:
-    return ["train", stage, "--config", str(ROOT / f"configs/tiny/{stage}.yaml"), "--output", str(out),
+def train_args(stage: str, out: Path, *extra: str, config: str | None = None) -> list[str]:
+    return ["train", stage, "--config", str(ROOT / f"configs/tiny/{config or stage}.yaml"), "--output", str(out),
             "--no-progress", f"training.steps={2 * K}", f"training.checkpoint_every={K}",
             "training.sample_every=1000", *extra]
 
@@ -29,9 +30,11 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.mark.parametrize("stage", ["decoder", "prior"])
-def test_a_crashed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, stage):
-    assert cli(train_args(stage, tmp_path / "straight")) == 0
+@pytest.mark.parametrize(("stage", "config"), [("decoder", None), ("prior", None), ("prior", "prior_ar")])
+def test_a_crashed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, stage,
+                                                                                  config):
+    args = functools.partial(train_args, config=config)
+    assert cli(args(stage, tmp_path / "straight")) == 0
 
     real_step = unclip.training.loop.optimisation_step
 
@@ -41,10 +44,10 @@ def test_a_crashed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one
         return real_step(*args)
 
     monkeypatch.setattr(unclip.training.loop, "optimisation_step", crash_in_step_k_plus_1)
-    assert cli(train_args(stage, tmp_path / "resumed")) == 130
+    assert cli(args(stage, tmp_path / "resumed")) == 130
     assert (tmp_path / "resumed/checkpoints/latest").read_text() == f"step_{K:06d}"
     monkeypatch.setattr(unclip.training.loop, "optimisation_step", real_step)
-    assert cli(train_args(stage, tmp_path / "resumed", "--resume")) == 0
+    assert cli(args(stage, tmp_path / "resumed", "--resume")) == 0
 
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
@@ -72,5 +75,16 @@ def test_resume_may_change_the_sampling_defaults_and_exports_them(tmp_path):
 
 def test_resume_without_a_checkpoint_starts_fresh_and_more_steps_continue(tmp_path):
     assert cli(train_args("prior", tmp_path, f"training.steps={K}", "--resume")) == 0
+    assert cli(train_args("prior", tmp_path, "--resume")) == 0
+    assert (tmp_path / "checkpoints/latest").read_text() == f"step_{2 * K:06d}"
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_resumes_with_its_default(tmp_path):
+    assert cli(train_args("prior", tmp_path, f"training.steps={K}")) == 0
+    config_file = tmp_path / "checkpoints" / f"step_{K:06d}" / "config.json"
+    config = json.loads(config_file.read_text())
+    for key in ("kind", "buckets", "pca_variance", "dot_top"):  # added with the autoregressive prior
+        del config["prior"][key]
+    config_file.write_text(json.dumps(config))
     assert cli(train_args("prior", tmp_path, "--resume")) == 0
     assert (tmp_path / "checkpoints/latest").read_text() == f"step_{2 * K:06d}"

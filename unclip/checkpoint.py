@@ -14,29 +14,44 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from unclip.config import UPSAMPLER, ClipConfig, ConfigError, Stage, from_dict, to_dict
+from unclip.config import (
+    UPSAMPLER,
+    ClipConfig,
+    ConfigError,
+    PriorConfig,
+    Stage,
+    from_dict,
+    to_dict,
+)
+from unclip.networks.build import build_prior
 from unclip.networks.clip import ClipEncoder, load_open_clip_weights
 from unclip.networks.decoder import Decoder
 from unclip.networks.prior import Prior
+from unclip.networks.prior_ar import ARPrior
 from unclip.networks.upsampler import Upsampler
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-# name in config.json → (module class, config class)
-COMPONENTS: dict[str, tuple[type[nn.Module], type]] = {
-    Stage.clip.component: (ClipEncoder, ClipConfig),
-    Stage.prior.component: (Prior, Prior.config_class),
-    Stage.decoder.component: (Decoder, Decoder.config_class),
-    UPSAMPLER: (Upsampler, Upsampler.config_class),
+# name in config.json → (module classes, config class); a prior's config says which kind it is
+COMPONENTS: dict[str, tuple[tuple[type[nn.Module], ...], type]] = {
+    Stage.clip.component: ((ClipEncoder,), ClipConfig),
+    Stage.prior.component: ((Prior, ARPrior), PriorConfig),
+    Stage.decoder.component: ((Decoder,), Decoder.config_class),
+    UPSAMPLER: ((Upsampler,), Upsampler.config_class),
 }
 
 
 def component_name(module: nn.Module) -> str:
-    for name, (cls, _) in COMPONENTS.items():
-        if isinstance(module, cls):
+    for name, (classes, _) in COMPONENTS.items():
+        if isinstance(module, classes):
             return name
     raise TypeError(f"not a unclip component: {type(module).__name__}")
+
+
+def build_component(name: str, cfg) -> nn.Module:
+    """The (randomly initialised) module of component ``name`` with config ``cfg``."""
+    return build_prior(cfg) if name == Stage.prior.component else COMPONENTS[name][0][0](cfg)
 
 
 def _trained_name(module: nn.Module) -> str:
@@ -57,23 +72,26 @@ def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | N
                    extra: dict | None = None) -> Path:
     """Write ``module`` (its config and weights) to ``folder``; ``dtype`` casts the floating weight
     matrices and kernels (e.g. torch.float16 for shipped checkpoints) while 1-D tensors (biases,
-    norms, the prior's embedding statistics; see ``is_matrix``) keep their precision at a negligible
-    cost in bytes; ``extra`` adds keys to config.json: a stage's sampling defaults (``diffusion``,
+    norms, the prior's embedding statistics; see ``is_matrix``) and buffers (statistics set from
+    data, such as the AR prior's PCA basis) keep their precision at a negligible cost in bytes;
+    ``extra`` adds keys to config.json: a stage's sampling defaults (``diffusion``,
     ``sampler``)."""
     meta = {"component": component_name(module), "config": to_dict(module.cfg), **(extra or {})}
-    return write_folder(folder, module.state_dict(), meta, dtype)
+    buffers = {name for name, _ in module.named_buffers()}  # statistics (e.g. the AR prior's PCA basis)
+    return write_folder(folder, module.state_dict(), meta, dtype, keep=buffers)
 
 
 def write_folder(folder: str | Path, state: dict[str, torch.Tensor], config: dict,
-                 dtype: torch.dtype | None = None) -> Path:
+                 dtype: torch.dtype | None = None, keep: set[str] = frozenset()) -> Path:
     """``config.json`` + ``model.safetensors`` in ``folder``, the weights written to a temporary
-    name and then renamed; ``dtype`` casts the floating matrices (see ``save_component``)."""
+    name and then renamed; ``dtype`` casts the floating matrices (see ``save_component``) except
+    those named in ``keep``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for key, value in state.items():
         value = value.detach().cpu().contiguous()
-        cast = dtype is not None and value.is_floating_point() and is_matrix(value)
+        cast = dtype is not None and value.is_floating_point() and is_matrix(value) and key not in keep
         tensors[key] = value.to(dtype) if cast else value
     tmp = folder / (WEIGHTS_NAME + ".tmp")
     save_file(tensors, str(tmp))
@@ -106,7 +124,7 @@ def load_component(folder: str | Path, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32) -> nn.Module:
     """Build the component described by ``folder/config.json`` and load its weights."""
     name, cfg = read_component_config(folder)
-    module = COMPONENTS[name][0](cfg)
+    module = build_component(name, cfg)
     module.load_state_dict(read_weights(folder))  # fp16 files are cast to the module's dtype
     return module.to(device=device, dtype=dtype).eval()
 

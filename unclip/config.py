@@ -66,6 +66,11 @@ class Variance(str, enum.Enum):
     fixed_small = "fixed_small_log"
 
 
+class PriorKind(str, enum.Enum):
+    diffusion = "diffusion"  # the diffusion prior (diffusers' PriorTransformer), the paper's choice
+    autoregressive = "autoregressive"  # the paper's AR prior: PCA codes of z_i predicted token by token
+
+
 class Degradation(str, enum.Enum):
     blur = "blur"  # 64→256: Gaussian blur, kernel 3, sigma 0.6
     bsr = "bsr"  # 256→1024: BSR-like chain (blur, resize, noise, JPEG)
@@ -110,8 +115,10 @@ class ClipConfig:
 
 @dataclass
 class PriorConfig:
-    """Diffusion prior on diffusers' PriorTransformer (paper §2.2; Karlo = diffusers' defaults)."""
+    """The prior (paper §2.2): diffusion on diffusers' PriorTransformer (Karlo = diffusers' defaults),
+    or autoregressive (``kind: autoregressive``, ``unclip.networks.prior_ar``) with the same widths."""
 
+    kind: PriorKind = PriorKind.diffusion
     num_attention_heads: int = 2
     attention_head_dim: int = 12  # width = heads × head_dim
     num_layers: int = 1
@@ -119,6 +126,10 @@ class PriorConfig:
     num_embeddings: int = 77  # text tokens L
     dropout: float = 0.0
     text_drop: float = 0.1  # p(caption and text embedding replaced by the empty caption's); paper 0.1, Karlo 0.2
+    # autoregressive only (the paper's values): levels of each PCA coordinate and of ⟨z_i, z_t⟩,
+    buckets: int = 1024
+    pca_variance: float = 0.99  # the leading principal components kept hold this share of z_i's variance
+    dot_top: float = 0.5  # sampling draws the ⟨z_i, z_t⟩ token from this top share of its predicted distribution
 
 
 @dataclass
@@ -205,6 +216,9 @@ class TrainingConfig:
     # sample hook decodes from their true CLIP image embeddings and scores with the detector
     # (decoder/binding_one_object, decoder/binding_two_object). 0 turns the monitor off.
     binding_monitor: int = 24
+    # Recompute activations in the backward pass instead of storing them: less memory, more time,
+    # the same gradients (unclip.networks.build.enable_gradient_checkpointing).
+    gradient_checkpointing: bool = False
 
 
 @dataclass

@@ -35,6 +35,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--random-from", metavar="CONFIG_DIR",
                         help="random weights built from a config folder such as configs/tiny: a smoke test, "
                              "the images are noise")
+    parser.add_argument("--prior", default="prior", metavar="NAME",
+                        help="the pipeline folder's sub-folder (with --random-from: the config file <NAME>.yaml) "
+                             "whose prior to use, e.g. prior_ar for the autoregressive prior (default: prior)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 
@@ -150,10 +153,11 @@ def load_pipeline(args: argparse.Namespace):
     import torch
 
     from unclip.pipeline import UnCLIPPipeline, default_checkpoint
+    from unclip.pipeline.folder import random_parts
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.random_from:
-        pipe = UnCLIPPipeline.from_configs(args.random_from, seed=0, device=device)
+        pipe = UnCLIPPipeline(**vars(random_parts(args.random_from, seed=0, prior=args.prior))).to(device)
         print(f"note: random weights built from {args.random_from} (nothing trained): the images are noise; "
               "pass --checkpoint PATH for a trained pipeline", file=sys.stderr)
         return pipe
@@ -164,7 +168,7 @@ def load_pipeline(args: argparse.Namespace):
         raise ValueError(f"no --checkpoint given and the default checkpoint {path} does not exist yet; pass "
                          "--checkpoint PATH (a pipeline folder, e.g. training exports copied together), set "
                          "UNCLIP_CHECKPOINT, or try the command on random weights with --random-from configs/tiny")
-    return UnCLIPPipeline.from_pretrained(path, device=device)
+    return UnCLIPPipeline.from_pretrained(path, device=device, prior=args.prior)
 
 
 def slug(text: str, limit: int = 40) -> str:

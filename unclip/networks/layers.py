@@ -1,4 +1,5 @@
-"""Layers the networks share: GroupNorm sizing and the decoder's coordinate-map input."""
+"""Layers the networks share: GroupNorm sizing, the decoder's coordinate-map input and gradient
+checkpointing of a block."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def norm_groups(channels: tuple[int, ...]) -> int:
@@ -34,3 +36,27 @@ def coordinate_maps(x: torch.Tensor) -> torch.Tensor:
     xs = torch.linspace(-1, 1, width, device=x.device, dtype=x.dtype)
     grid = torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)])
     return grid[None].expand(x.shape[0], -1, -1, -1)
+
+
+_CHECKPOINTED: dict[type, type] = {}  # block class → its checkpointing subclass
+
+
+def checkpoint_forward(block: nn.Module) -> None:
+    """Make ``block`` recompute its activations in the backward pass instead of keeping them
+    (``torch.utils.checkpoint``, non-reentrant, RNG state kept so that dropout repeats) while it
+    trains with gradients on. The block becomes an instance of a subclass of its class whose
+    ``forward`` checkpoints, so parameters, state dict and copies (the EMA's) behave as before."""
+    cls = type(block)
+    if cls in _CHECKPOINTED.values():
+        return
+    if cls not in _CHECKPOINTED:
+
+        def forward(self, *args, **kwargs):
+            inner = super(subclass, self).forward
+            if self.training and torch.is_grad_enabled():
+                return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+            return inner(*args, **kwargs)
+
+        subclass = type(f"Checkpointed{cls.__name__}", (cls,), {"forward": forward})
+        _CHECKPOINTED[cls] = subclass
+    block.__class__ = _CHECKPOINTED[cls]

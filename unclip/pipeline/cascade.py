@@ -67,10 +67,11 @@ class UnCLIPPipeline:
         return cls(**vars(folder.random_parts(config_dir, seed))).to(device)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu",
-                        clip: ClipConfig | None = None) -> UnCLIPPipeline:
-        """Load a pipeline folder (see ``unclip.pipeline.folder``); ``clip`` replaces its ``clip/``."""
-        return cls(**vars(folder.read_folder(path, clip))).to(device)
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", clip: ClipConfig | None = None,
+                        prior: str = "prior") -> UnCLIPPipeline:
+        """Load a pipeline folder (see ``unclip.pipeline.folder``); ``clip`` replaces its ``clip/``,
+        ``prior`` names the sub-folder whose prior it uses (``prior_ar``: the autoregressive one)."""
+        return cls(**vars(folder.read_folder(path, clip, prior))).to(device)
 
     @classmethod
     def from_karlo(cls, path: str | Path, clip: ClipConfig | None = None, *,

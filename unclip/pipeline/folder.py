@@ -23,6 +23,7 @@ from unclip.checkpoint import (
     is_component,
     load_clip,
     load_expected,
+    read_component_config,
     save_component,
     write_folder,
 )
@@ -94,11 +95,19 @@ def stored_sampling(folder: Path) -> StageSampling | None:
     return None if stored is None else from_dict(StageSampling, stored, where=where)
 
 
-def read_folder(path: str | Path, clip: ClipConfig | None = None) -> PipelineParts:
-    """The parts of the pipeline folder ``path``; ``clip`` replaces its ``clip/``."""
+def read_folder(path: str | Path, clip: ClipConfig | None = None, prior: str = Stage.prior.value) -> PipelineParts:
+    """The parts of the pipeline folder ``path``; ``clip`` replaces its ``clip/``; ``prior`` names
+    the sub-folder that fills the prior slot (e.g. ``prior_ar``, the autoregressive prior)."""
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"pipeline folder not found: {root}")
+    if prior != Stage.prior:
+        parts = read_folder(root, clip)
+        parts.prior = load_prior_folder(root, prior)
+        parts.sampling.pop(Stage.prior, None)
+        if (found := stored_sampling(root / prior)) is not None:
+            parts.sampling[Stage.prior] = found
+        return parts
     listed = pipeline_meta(root).get("components")
     names = [s for s in Stage if is_component(root / s) and (listed is None or s in listed)]
     if not names:
@@ -119,6 +128,20 @@ def read_folder(path: str | Path, clip: ClipConfig | None = None) -> PipelinePar
             for s in UPSAMPLERS if s in modules and is_component(root / (s + LAST_STEP_SUFFIX))}
     sampling = {s: found for s in modules if (found := stored_sampling(root / s)) is not None}
     return PipelineParts.of(encoder, modules, sampling=sampling, last_steps=last)
+
+
+def prior_folders(root: Path) -> list[str]:
+    """The sub-folders of pipeline folder ``root`` that hold a prior (``prior``, ``prior_ar``, …)."""
+    return sorted(p.name for p in Path(root).iterdir() if is_component(p) and read_component_config(p)[0]
+                  == Stage.prior.component)
+
+
+def load_prior_folder(root: Path, name: str):
+    """The prior in sub-folder ``name`` of pipeline folder ``root``, with a clear error if there is none."""
+    if not is_component(root / name) or read_component_config(root / name)[0] != Stage.prior.component:
+        raise ValueError(f"prior: {root} has no prior in a sub-folder {name!r} (priors here: "
+                         f"{', '.join(prior_folders(root)) or 'none'})")
+    return load_expected(root / name, Stage.prior.component)
 
 
 def write_pipeline_folder(pipe, path: str | Path, dtype: torch.dtype | None = None) -> Path:
@@ -144,19 +167,22 @@ def write_pipeline_folder(pipe, path: str | Path, dtype: torch.dtype | None = No
     return root
 
 
-def random_parts(config_dir: str | Path, seed: int = 0) -> PipelineParts:
-    """Random weights built from a config folder such as ``configs/tiny``: one stage YAML per
-    component, each naming its ``stage``. For tests and smoke runs only."""
+def random_parts(config_dir: str | Path, seed: int = 0, prior: str = Stage.prior.value) -> PipelineParts:
+    """Random weights built from a config folder such as ``configs/tiny``: the stage YAML files
+    named after their stages (``clip.yaml``, ``prior.yaml``, …), each naming its ``stage``; the
+    prior's is ``<prior>.yaml`` (e.g. ``prior_ar.yaml``). For tests and smoke runs only."""
     folder = Path(config_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"config folder not found: {folder}")
-    found = {}
-    for path in sorted(folder.glob("*.yaml")):
-        cfg = load_stage_config(path)
-        if cfg.stage in found:
-            raise ValueError(f"{folder}: two files configure the {cfg.stage} stage")
-        found[cfg.stage] = cfg
-    cfgs = {s: found[s] for s in Stage if s in found}  # in cascade order: the CLIP comes from the first
+    if prior != Stage.prior and not (folder / f"{prior}.yaml").is_file():
+        raise FileNotFoundError(f"prior: no {prior}.yaml in {folder}")
+    cfgs = {}
+    for stage in Stage:  # in cascade order: the CLIP comes from the first
+        path = folder / f"{prior if stage is Stage.prior else stage}.yaml"
+        if path.is_file():
+            cfgs[stage] = load_stage_config(path)
+            if cfgs[stage].stage is not stage:
+                raise ValueError(f"{path} configures the {cfgs[stage].stage} stage, not the {stage}")
     if not cfgs:
         raise ValueError(f"{folder} holds no stage YAML files ({', '.join(f'{s}.yaml' for s in Stage)})")
     clip_cfg = next((c.clip for c in cfgs.values() if hasattr(c, "clip")), None)

@@ -259,6 +259,9 @@ def to_diffusers(pipe) -> Any:
 
     for stage in (PRIOR, DECODER, FIRST_UPSAMPLER):
         pipe.require(stage, "to_diffusers")
+    if not isinstance(pipe.prior, Prior):
+        raise ValueError("to_diffusers: diffusers' UnCLIPPipeline has no autoregressive prior; load the "
+                         "pipeline with its diffusion prior")
     first = pipe.upsamplers[FIRST_UPSAMPLER]
     last = pipe.last_steps.get(FIRST_UPSAMPLER, first)
     schedulers = {stage: make_scheduler(pipe.sampling[stage].diffusion, Sampler.unclip)

@@ -2,8 +2,9 @@
 64×64 images and the upsampler chain, each run with ``diffusion.sampling.sample_loop`` on a
 ``StageRun``. Every function takes the pipeline (an ``UnCLIPPipeline``) as its first argument.
 
-- **prior** (§2.2): guided on its full x0 output; ``candidates`` samples per image, keeping the
-  one whose raw (unstandardised) embedding has the highest dot product with the text embedding.
+- **prior** (§2.2): guided on its full x0 output (the autoregressive prior: on each code's logits,
+  ``pipeline.prior_ar``); ``candidates`` samples per image, keeping the one whose raw
+  (unstandardised) embedding has the highest dot product with the text embedding.
 - **decoder** (§2.1): guided on eps only; output clamped to [−1, 1].
 - **upsamplers**: never guided; conditioned on the previous stage's output.
 """
@@ -21,6 +22,7 @@ from unclip.data.images import image_to_tensor, tensor_to_pil
 from unclip.diffusion.sampling import sample_loop, set_timesteps
 from unclip.diffusion.schedule import noised_start
 from unclip.networks.clip import TextEncoding
+from unclip.networks.prior_ar import ARPrior
 from unclip.pipeline.denoisers import (
     decoder_denoiser,
     prior_denoiser,
@@ -28,6 +30,7 @@ from unclip.pipeline.denoisers import (
 )
 from unclip.pipeline.inputs import ImageInput, check_count, check_prompts, load_image
 from unclip.pipeline.plan import Generation, SamplingOptions, StageRun, make_plan
+from unclip.pipeline.prior_ar import sample_ar_prior
 
 
 def draw_noise(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:
@@ -46,10 +49,14 @@ def sample_prior(pipe, text: TextEncoding, run: StageRun, generator, *, candidat
     with the highest ⟨z_i, text_emb⟩ kept."""
     batch = len(text.emb)
     cond = text[torch.arange(batch, device=text.emb.device).repeat_interleave(candidates)]  # (B·k, ...)
-    fn = prior_denoiser(pipe.prior, cond, pipe.empty_caption(), run.guidance)
-    x_T = draw_noise((batch * candidates, pipe.prior.cfg.embedding_dim), generator, pipe.device)
-    x0 = sample_loop(fn, run.scheduler(), x_T, run.steps, generator=generator, desc="prior", progress=progress)
-    z = pipe.prior.unstandardise(x0).reshape(batch, candidates, -1)  # (B, k, D)
+    if isinstance(pipe.prior, ARPrior):  # K code steps; the run's steps and sampler do not apply
+        z = sample_ar_prior(pipe.prior, cond, pipe.empty_caption(), run.guidance, generator, progress=progress)
+    else:
+        fn = prior_denoiser(pipe.prior, cond, pipe.empty_caption(), run.guidance)
+        x_T = draw_noise((batch * candidates, pipe.prior.cfg.embedding_dim), generator, pipe.device)
+        x0 = sample_loop(fn, run.scheduler(), x_T, run.steps, generator=generator, desc="prior", progress=progress)
+        z = pipe.prior.unstandardise(x0)
+    z = z.reshape(batch, candidates, -1)  # (B, k, D)
     score = (z * text.emb[:, None]).sum(-1)  # (B, k)
     return z[torch.arange(batch, device=z.device), score.argmax(dim=1)]
 

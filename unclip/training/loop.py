@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from unclip.checkpoint import init_weights
 from unclip.config import Precision, StageConfig, TrainingConfig, save_yaml, to_dict
+from unclip.networks.build import enable_gradient_checkpointing
 from unclip.training import resume as ckpt
 from unclip.training.batches import batch_stream
 from unclip.training.ema import EMA
@@ -143,6 +144,8 @@ class _Run:
                 raise ValueError(f"training.{name} must be at least 1, got {getattr(tc, name)}")
         state = _resume_state(output, resume, self.config)
         self.model = task.model.to(accelerator.device)
+        if tc.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         if state is None and task.init is not None:
             task.init(self.model)
         if state is None and tc.init_from:

@@ -7,11 +7,13 @@ returns ``{"loss", "mse"[, "vlb"]}``. CLIP encoding happens before (frozen, or p
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from unclip.diffusion.losses import GaussianDiffusion
 from unclip.networks.clip import TextEncoding
 from unclip.networks.decoder import Decoder
 from unclip.networks.prior import Prior
+from unclip.networks.prior_ar import ARPrior
 from unclip.networks.upsampler import Upsampler
 
 
@@ -51,6 +53,24 @@ def prior_loss(prior: Prior, diffusion: GaussianDiffusion, *, image_emb: torch.T
     t, noise, x_t = _noised(diffusion, x0, generator)
     out = prior(x_t, t, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
     return diffusion.loss(out, x0, x_t, t, noise)
+
+
+def ar_prior_loss(prior: ARPrior, *, image_emb: torch.Tensor, text: TextEncoding, empty: TextEncoding,
+                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Paper §2.2, the AR prior: cross-entropy of each quantised PCA code of z_i given the codes
+    before it, the caption and the ⟨z_i, z_t⟩ token, and of that token given the caption alone.
+    With probability ``text_drop`` the caption and text embedding become the empty caption's and
+    the dot token the null one (which is not predicted)."""
+    codes = prior.quantise(image_emb)
+    dot = prior.dot_bucket(image_emb, text.emb)
+    drop = drop_mask(len(codes), prior.cfg.text_drop, codes.device, generator)
+    text = replace_text(text, empty, drop)
+    dot = torch.where(drop, torch.full_like(dot, prior.null_dot), dot)
+    logits = prior(codes[:, :-1], dot=dot, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+    targets = torch.cat([torch.where(drop, torch.full_like(dot, -100), dot)[:, None], codes], dim=1)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    accuracy = (logits[:, 1:].argmax(-1) == codes).float().mean()
+    return {"loss": loss, "code_accuracy": accuracy.detach()}
 
 
 def decoder_loss(decoder: Decoder, diffusion: GaussianDiffusion, *, images: torch.Tensor,

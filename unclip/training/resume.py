@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from unclip.config import UPSAMPLER, UPSAMPLERS
+from unclip.config import STAGE_CONFIGS, UPSAMPLER, UPSAMPLERS, ConfigError, Stage, from_dict, to_dict
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -144,11 +144,20 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
     return diffs
 
 
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the fields added since it was written at their defaults (e.g.
+    ``prior.kind``: a prior checkpointed before the AR prior existed is a diffusion prior)."""
+    try:
+        return to_dict(from_dict(STAGE_CONFIGS[Stage(saved.get("stage"))], saved))
+    except (ConfigError, ValueError):
+        return saved  # a field since removed or renamed: compare as written, and report it
+
+
 def check_compatible(resume: ResumeState, current: dict[str, Any]) -> None:
     saved = resume.config
     if saved.get("stage") == UPSAMPLER and current.get("stage") in UPSAMPLERS:
         saved = {**saved, "stage": current["stage"]}  # saved before the upsampler slots had names
-    diffs = config_differences(saved, current)
+    diffs = config_differences(with_defaults(saved), current)
     if diffs:
         raise ValueError(
             f"cannot resume from {resume.folder}: the config differs from the checkpoint's in "

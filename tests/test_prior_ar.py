@@ -1,0 +1,256 @@
+"""The autoregressive prior (paper §2.2): PCA codes, the ⟨z_i, z_t⟩ token, the causal transformer,
+its training loss and stage, sampling with guidance, and its place in pipeline folders, the CLI
+and ``unclip eval``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from unclip.checkpoint import load_component, save_component
+from unclip.cli import main
+from unclip.config import PriorConfig, PriorKind, load_stage_config
+from unclip.networks.prior_ar import ARPrior
+from unclip.pipeline.cascade import UnCLIPPipeline
+from unclip.pipeline.folder import prior_folders, random_parts
+from unclip.pipeline.karlo import to_diffusers
+from unclip.pipeline.prior_ar import sample_ar_prior
+from unclip.training.losses import ar_prior_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny"
+D = 32
+
+
+def tiny_cfg(**changes) -> PriorConfig:
+    return replace(load_stage_config(TINY / "prior_ar.yaml").prior, **changes)
+
+
+def low_rank_embeddings(n: int = 400, rank: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image embeddings of rank ``rank`` (plus a trace of noise) and text embeddings near them."""
+    basis = torch.randn(rank, D, generator=torch.Generator().manual_seed(123))  # one distribution
+    g = torch.Generator().manual_seed(seed)
+    z = 3 + torch.randn(n, rank, generator=g) @ basis + 1e-3 * torch.randn(n, D, generator=g)
+    return z, z + 0.5 * torch.randn(n, D, generator=g)
+
+
+def fitted(seed: int = 0, **changes) -> ARPrior:
+    torch.manual_seed(seed)
+    prior = ARPrior(tiny_cfg(**changes))
+    prior.set_stats(*low_rank_embeddings())
+    return prior.eval()
+
+
+def text_encoding(prior: ARPrior, batch: int, seed: int = 0, length: int = 77):
+    from unclip.networks.clip import TextEncoding
+
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    mask[:, :5] = True
+    return TextEncoding(torch.randn(batch, length, D, generator=g), mask, torch.randn(batch, D, generator=g))
+
+
+# ----------------------------------------------------------------------------------------------
+# codes
+
+
+def test_pca_keeps_the_components_that_hold_the_variance_and_codes_round_trip():
+    prior = fitted(buckets=1024)
+    z, _ = low_rank_embeddings(seed=1)  # other samples of the same distribution
+    assert prior.length == 4  # rank 4: four components hold > 99% of the variance
+    codes = prior.quantise(z)
+    assert codes.shape == (len(z), 4) and codes.min() >= 0 and codes.max() < 1024
+    error = lambda x: (prior.dequantise(prior.quantise(x)) - x).norm(dim=1) / x.norm(dim=1)  # noqa: E731
+    train, _ = low_rank_embeddings()
+    assert error(train).max() < 0.01  # half a bucket of a 1,024-level range, and the discarded noise
+    assert (error(z) < 0.01).float().mean() > 0.95  # new samples: the same but for those outside the range
+
+
+def test_fewer_buckets_and_a_lower_variance_share_lose_more():
+    z, _ = low_rank_embeddings(seed=1)
+    fine, coarse = fitted(buckets=1024), fitted(buckets=8)
+    err = lambda p: ((p.dequantise(p.quantise(z)) - z).norm(dim=1) / z.norm(dim=1)).mean()  # noqa: E731
+    assert err(coarse) > 5 * err(fine)
+    assert fitted(pca_variance=0.5).length < 4
+
+
+def test_the_dot_token_is_drawn_from_the_top_half_of_the_predicted_distribution():
+    prior = fitted()
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((2000, 64), -1e4)
+    flat[:, 10:30] = 0.0  # uniform over buckets 10-29
+    drawn = prior.sample_dot(flat, g)
+    assert drawn.min() >= 20 and drawn.max() <= 29 and len(drawn.unique()) == 10  # the top half, all of it
+    peaked = flat.clone()
+    peaked[:, 12] = 10.0  # one bucket holds nearly everything: it is the top half
+    assert (prior.sample_dot(peaked, g) == 12).all()
+    prior.cfg = replace(prior.cfg, dot_top=1.0)
+    assert prior.sample_dot(flat, g).min() < 20  # the whole distribution
+
+
+# ----------------------------------------------------------------------------------------------
+# the transformer
+
+
+def test_each_code_sees_only_the_caption_and_the_codes_before_it():
+    prior = fitted()
+    text = text_encoding(prior, 2)
+    codes = torch.randint(0, 64, (2, 3))
+    dot = torch.tensor([5, 7])
+    out = prior(codes, dot=dot, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+    assert out.shape == (2, 5, 64)  # the dot token, then codes 1-4
+    later = codes.clone()
+    later[:, 2] = (later[:, 2] + 1) % 64
+    changed = prior(later, dot=dot, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+    torch.testing.assert_close(changed[:, :4], out[:, :4])  # logits of codes 1-3 do not see code 3
+    assert not torch.allclose(changed[:, 4], out[:, 4])
+    padded = text.tokens.clone()
+    padded[:, 10:] += 5  # past the mask
+    same = prior(codes, dot=dot, text_emb=text.emb, text_tokens=padded, text_mask=text.mask)
+    torch.testing.assert_close(same, out)
+    other_dot = prior(codes, dot=dot + 1, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+    torch.testing.assert_close(other_dot[:, 0], out[:, 0])  # the dot token's own logits: from the caption alone
+    assert not torch.allclose(other_dot[:, 1:], out[:, 1:])
+    other_text = prior(codes, dot=dot, text_emb=text.emb + 1, text_tokens=text.tokens, text_mask=text.mask)
+    assert not torch.allclose(other_text[:, 0], out[:, 0])
+
+
+def test_the_loss_learns_codes_and_drops_the_caption_with_the_dot_token():
+    prior = fitted().train()
+    z, t = low_rank_embeddings(n=16)
+    text = text_encoding(prior, 16)
+    text.emb = t
+    empty = text_encoding(prior, 1, seed=9)
+    opt = torch.optim.AdamW(prior.parameters(), lr=3e-3)
+    first = ar_prior_loss(prior, image_emb=z, text=text, empty=empty)["loss"].item()
+    for _ in range(60):
+        out = ar_prior_loss(prior, image_emb=z, text=text, empty=empty, generator=torch.Generator().manual_seed(1))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert first > 3.5  # about ln 64 at the start
+    assert out["loss"].item() < first / 2 and out["code_accuracy"] > 0.3
+
+    seen = {}
+    real = prior.forward
+    prior.forward = lambda codes, **kw: seen.update(kw) or real(codes, **kw)
+    prior.cfg = replace(prior.cfg, text_drop=1.0)
+    ar_prior_loss(prior, image_emb=z, text=text, empty=empty)
+    assert (seen["dot"] == prior.null_dot).all()
+    torch.testing.assert_close(seen["text_emb"], empty.emb.expand(16, -1))
+    prior.forward = real
+
+    def dot_only_loss(p):  # the cross-entropy of the dot token alone, codes made free
+        logits = real(torch.zeros(16, 0, dtype=torch.long), dot=p.dot_bucket(z, t), text_emb=t,
+                      text_tokens=text.tokens, text_mask=text.mask)
+        return torch.nn.functional.cross_entropy(logits[:, 0], p.dot_bucket(z, t))
+
+    prior.cfg = replace(prior.cfg, text_drop=0.0)
+    assert dot_only_loss(prior) < 2.0  # the loss above taught the dot token from the caption too
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling
+
+
+def test_guidance_zero_samples_without_the_caption_and_one_with_it():
+    prior = fitted()
+    with torch.no_grad():
+        prior.head.weight.mul_(100)  # sharp logits, so that the caption changes what is drawn
+    a, b = text_encoding(prior, 3, seed=1), text_encoding(prior, 3, seed=2)
+    empty = text_encoding(prior, 1, seed=9)
+
+    def draw(text, guidance):
+        return sample_ar_prior(prior, text, empty, guidance, torch.Generator().manual_seed(0))
+
+    torch.testing.assert_close(draw(a, 0.0), draw(b, 0.0))  # u + 0·(c − u): the caption is gone
+    assert not torch.allclose(draw(a, 1.0), draw(b, 1.0))
+    z = draw(a, 3.0)
+    assert z.shape == (3, D) and torch.isfinite(z).all()
+    rows = sample_ar_prior(prior, a, empty, 3.0, [torch.Generator().manual_seed(s) for s in (4, 5, 6)])
+    alone = sample_ar_prior(prior, a[1:2], empty, 3.0, [torch.Generator().manual_seed(5)])
+    torch.testing.assert_close(rows[1:2], alone)  # one generator per row: a row does not depend on the others
+
+
+def test_a_saved_ar_prior_loads_as_one_and_samples_the_same(tmp_path):
+    prior = fitted()
+    save_component(prior, tmp_path / "prior_ar", dtype=torch.float16)
+    loaded = load_component(tmp_path / "prior_ar")
+    assert isinstance(loaded, ARPrior) and loaded.cfg.kind is PriorKind.autoregressive
+    assert json.loads((tmp_path / "prior_ar" / "config.json").read_text())["component"] == "prior"
+    for name in ("mean", "components", "low", "high", "dot_range", "kept"):
+        torch.testing.assert_close(getattr(loaded, name), getattr(prior, name))  # statistics kept exactly
+    assert loaded.length == prior.length
+
+
+# ----------------------------------------------------------------------------------------------
+# pipelines, CLI, training and evaluation
+
+
+@pytest.fixture(scope="module")
+def folder_with_two_priors(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("two_priors")
+    pipe = UnCLIPPipeline.from_configs(TINY, seed=0)
+    pipe.save_pretrained(root)
+    ar = random_parts(TINY, prior="prior_ar").prior
+    ar.set_stats(torch.randn(200, D), torch.randn(200, D))
+    save_component(ar, root / "prior_ar", extra={"diffusion": {"guidance_scale": 2.0}})
+    return root
+
+
+def test_a_pipeline_folder_chooses_its_prior_by_sub_folder(folder_with_two_priors):
+    root = folder_with_two_priors
+    assert prior_folders(root) == ["prior", "prior_ar"]
+    diffusion = UnCLIPPipeline.from_pretrained(root)
+    ar = UnCLIPPipeline.from_pretrained(root, prior="prior_ar")
+    assert not isinstance(diffusion.prior, ARPrior) and isinstance(ar.prior, ARPrior)
+    assert ar.sampling["prior"].diffusion.guidance_scale == 2.0  # from prior_ar/config.json
+    images = ar.generate("a red circle", n=2, steps=1, seed=0, progress=False)
+    assert len(images) == 2 and images[0].size == (128, 128)
+    with pytest.raises(ValueError, match="no prior in a sub-folder 'decoder'.*priors here: prior, prior_ar"):
+        UnCLIPPipeline.from_pretrained(root, prior="decoder")
+    with pytest.raises(ValueError, match="no autoregressive prior"):
+        to_diffusers(ar)
+
+
+def test_the_cli_takes_prior(folder_with_two_priors, tmp_path, capsys):
+    args = ["--steps", "1", "--quiet", "--seed", "0", "--size", "32"]
+    assert main(["generate", "a red circle", "--checkpoint", str(folder_with_two_priors), "--prior", "prior_ar",
+                 "--out", str(tmp_path), *args]) == 0
+    assert (tmp_path / "a-red-circle-0.png").is_file()
+    assert main(["generate", "a red circle", "--random-from", str(TINY), "--prior", "prior_ar",
+                 "--out", str(tmp_path / "r"), *args]) == 0
+    assert main(["generate", "x", "--checkpoint", str(folder_with_two_priors), "--prior", "nope",
+                 "--out", str(tmp_path), *args]) == 2
+    assert "no prior in a sub-folder 'nope'" in capsys.readouterr().err
+
+
+def test_unclip_train_prior_trains_and_exports_the_ar_prior(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "prior", "--config", str(TINY / "prior_ar.yaml"), "--output", str(out)]) == 0
+    exported = load_component(out / "export" / "prior")
+    assert isinstance(exported, ARPrior)
+    assert exported.length < D and exported.dot_range[1] > exported.dot_range[0]  # statistics set from data
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any("code_accuracy" in r for r in logs) and any("prior/cos_pred" in r for r in logs)
+    meta = json.loads((out / "export" / "prior" / "config.json").read_text())
+    assert meta["config"]["kind"] == "autoregressive" and meta["diffusion"]["guidance_scale"] == 2.0
+
+
+def test_eval_puts_the_priors_side_by_side(folder_with_two_priors):
+    from unclip.evaluation.priors import compare_priors
+    from unclip.evaluation.report import EvalSettings, _priors_table
+
+    settings = EvalSettings(prompts=2, prior_captions=2, batch=2, steps={"prior": 1, "decoder": 1})
+    pipes = {name: UnCLIPPipeline.from_pretrained(folder_with_two_priors, prior=name) for name in ("prior", "prior_ar")}
+    result = compare_priors(pipes, settings)
+    assert [result[n]["kind"] for n in ("prior", "prior_ar")] == ["diffusion", "autoregressive"]
+    for r in result.values():
+        assert r["binding"]["two_object"]["n"] == 2 and r["seconds_per_image"] > 0
+        assert -1 <= r["cosine"]["prior_best_of_2"] <= 1
+    table = "\n".join(_priors_table(result, lambda v: f"{100 * v:.1f}%"))
+    assert "| prior_ar | autoregressive |" in table and "| prior | diffusion |" in table

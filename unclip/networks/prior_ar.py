@@ -1,0 +1,137 @@
+"""The autoregressive prior network (paper §2.2): caption → CLIP image embedding, one code at a time.
+
+z_i is reduced to its leading principal components (those holding ``pca_variance`` of the
+training set's variance; the paper keeps 319 of 1,024 dimensions), each coordinate quantised into
+``buckets`` uniform levels, and the codes predicted in order of decreasing variance by a causal
+transformer whose sequence is
+
+    [caption token states (L), text embedding, ⟨z_i, z_t⟩ token, code_1, …, code_K]
+
+The ⟨z_i, z_t⟩ token is the quantised dot product of the image and text embeddings. The
+transformer also predicts it, from the caption alone (at the text embedding's position), and at
+sampling a high one is asked for: one drawn from the top ``dot_top`` of that predicted
+distribution, so that samples fit their caption better. (The paper samples "from the top half of
+the distribution" without saying whether of the caption's; a caption-independent histogram asks
+many captions for a dot product they never reach.) With the text dropped (classifier-free
+guidance) the token is a null index.
+
+The PCA basis and the quantisation ranges are set once from training data (``set_stats``),
+stored as buffers with the weights and never trained.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unclip.config import PriorConfig
+
+PCA_MARGIN = 0.05  # the quantisation range of a coordinate: its training range widened by this share
+
+
+class ARPrior(nn.Module):
+    config_class = PriorConfig
+
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, width, v = cfg.embedding_dim, cfg.num_attention_heads * cfg.attention_head_dim, cfg.buckets
+        self.register_buffer("mean", torch.zeros(d))  # of the raw z_i
+        self.register_buffer("components", torch.eye(d))  # principal directions (rows), by variance
+        self.register_buffer("kept", torch.tensor(d))  # how many of them the sequence holds
+        self.register_buffer("low", torch.full((d,), -1.0))  # quantisation range of each coordinate
+        self.register_buffer("high", torch.full((d,), 1.0))
+        self.register_buffer("dot_range", torch.tensor([-1.0, 1.0]))
+        self.text_in = nn.Linear(d, width)
+        self.text_emb_in = nn.Linear(d, width)
+        self.dot_embed = nn.Embedding(v + 1, width)  # index v: no caption (dropped text)
+        self.code_embed = nn.Embedding(v, width)
+        self.position = nn.Parameter(torch.randn(cfg.num_embeddings + 2 + d, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, cfg.num_attention_heads, 4 * width, cfg.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, v)
+
+    @property
+    def null_dot(self) -> int:
+        return self.cfg.buckets
+
+    @property
+    def length(self) -> int:
+        """K: the number of codes in a sample (the sampling loop's steps)."""
+        return int(self.kept)
+
+    # ------------------------------------------------------------------------------------------
+    # statistics, codes and embeddings
+
+    @torch.no_grad()
+    def set_stats(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
+        """PCA basis, kept count and quantisation ranges (codes and dot product) from raw training
+        embeddings (N, D) of images and their captions."""
+        z = image_emb.float()
+        mean = z.mean(0)
+        _, s, vh = torch.linalg.svd(z - mean, full_matrices=False)
+        share = (s**2).cumsum(0) / (s**2).sum()
+        kept = int((share < self.cfg.pca_variance).sum()) + 1
+        self.mean.copy_(mean)
+        self.components.zero_()[: len(vh)] = vh
+        self.kept.fill_(min(kept, len(vh)))
+        coords = (z - mean) @ vh.T
+        self.low[: len(vh)], self.high[: len(vh)] = _widened(coords.min(0).values, coords.max(0).values)
+        dot = (z * text_emb.float()).sum(-1)
+        self.dot_range.copy_(torch.stack(_widened(dot.min(), dot.max())))
+
+    def _levels(self, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        unit = (x.float() - low) / (high - low)
+        return (unit * self.cfg.buckets).floor().long().clamp(0, self.cfg.buckets - 1)
+
+    def quantise(self, image_emb: torch.Tensor) -> torch.Tensor:
+        """Raw z_i (B, D) → codes (B, K), each in [0, buckets)."""
+        k = self.length
+        coords = (image_emb.float() - self.mean) @ self.components[:k].T
+        return self._levels(coords, self.low[:k], self.high[:k])
+
+    def dequantise(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, K) → raw z_i (B, D): each bucket's centre, mapped back from PCA space."""
+        k = codes.shape[1]
+        low, high = self.low[:k], self.high[:k]
+        coords = low + (codes.float() + 0.5) / self.cfg.buckets * (high - low)
+        return self.mean + coords @ self.components[:k]
+
+    def dot_bucket(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """The ⟨z_i, z_t⟩ token (B,) of image and text embeddings (B, D)."""
+        dot = (image_emb.float() * text_emb.float()).sum(-1)
+        return self._levels(dot, self.dot_range[0], self.dot_range[1])
+
+    def sample_dot(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,) ⟨z_i, z_t⟩ tokens drawn from the top ``dot_top`` share of the predicted
+        distributions ``logits`` (B, buckets): the buckets with less than that share above them."""
+        p = torch.softmax(logits.float(), dim=-1)
+        above = p.flip(-1).cumsum(-1).flip(-1) - p  # probability of the buckets above each
+        weights = torch.where(above < self.cfg.dot_top, p, torch.zeros_like(p))
+        source = generator.device if generator is not None else p.device
+        return torch.multinomial(weights.to(source), 1, generator=generator).to(p.device)[:, 0]
+
+    # ------------------------------------------------------------------------------------------
+    # the transformer
+
+    def forward(self, codes: torch.Tensor, *, dot: torch.Tensor, text_emb: torch.Tensor,
+                text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Logits (B, k + 2, buckets): of the ⟨z_i, z_t⟩ token (from the caption alone), then of
+        codes 1 … k + 1, given the first k codes (B, k) (k may be 0), the ⟨z_i, z_t⟩ tokens (B,),
+        text_emb (B, D), text_tokens (B, L, D) and text_mask (B, L)."""
+        prefix = torch.cat([self.text_in(text_tokens), self.text_emb_in(text_emb)[:, None],
+                            self.dot_embed(dot)[:, None]], dim=1)
+        x = torch.cat([prefix, self.code_embed(codes)], dim=1)
+        n = x.shape[1]
+        x = x + self.position[:n]
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
+        pad = torch.cat([~text_mask.bool(), text_mask.new_zeros(len(x), n - text_mask.shape[1], dtype=torch.bool)], 1)
+        x = self.blocks(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
+        return self.head(self.norm(x[:, prefix.shape[1] - 2:]))
+
+
+def _widened(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    margin = (high - low).clamp(min=1e-6) * PCA_MARGIN
+    return low - margin, high + margin
