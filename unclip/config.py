@@ -130,6 +130,10 @@ class PriorConfig:
     buckets: int = 1024
     pca_variance: float = 0.99  # the leading principal components kept hold this share of z_i's variance
     dot_top: float = 0.5  # sampling draws the ⟨z_i, z_t⟩ token from this top share of its predicted distribution
+    # Training targets: each code's (and the dot token's) one-hot spread over neighbouring buckets by
+    # a Gaussian of this many buckets, so that a near miss costs less than a far one and the
+    # prior can generalise between captions (0 = the paper's one-hot cross-entropy).
+    bucket_sigma: float = 0.0
 
 
 @dataclass

@@ -55,20 +55,34 @@ def prior_loss(prior: Prior, diffusion: GaussianDiffusion, *, image_emb: torch.T
     return diffusion.loss(out, x0, x_t, t, noise)
 
 
+def smoothed(targets: torch.Tensor, buckets: int, sigma: float) -> torch.Tensor:
+    """Bucket indices (N,) → target distributions (N, buckets): a Gaussian of ``sigma`` buckets
+    around each index, cut at the ends and renormalised."""
+    levels = torch.arange(buckets, device=targets.device, dtype=torch.float32)
+    weights = torch.exp(-0.5 * ((levels - targets[:, None].float()) / sigma) ** 2)
+    return weights / weights.sum(-1, keepdim=True)
+
+
 def ar_prior_loss(prior: ARPrior, *, image_emb: torch.Tensor, text: TextEncoding, empty: TextEncoding,
                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Paper §2.2, the AR prior: cross-entropy of each quantised PCA code of z_i given the codes
     before it, the caption and the ⟨z_i, z_t⟩ token, and of that token given the caption alone.
     With probability ``text_drop`` the caption and text embedding become the empty caption's and
-    the dot token the null one (which is not predicted)."""
+    the dot token the null one (which is not predicted). ``bucket_sigma`` > 0 spreads each target
+    over its neighbouring buckets (see ``smoothed``)."""
     codes = prior.quantise(image_emb)
     dot = prior.dot_bucket(image_emb, text.emb)
     drop = drop_mask(len(codes), prior.cfg.text_drop, codes.device, generator)
     text = replace_text(text, empty, drop)
     dot = torch.where(drop, torch.full_like(dot, prior.null_dot), dot)
     logits = prior(codes[:, :-1], dot=dot, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
-    targets = torch.cat([torch.where(drop, torch.full_like(dot, -100), dot)[:, None], codes], dim=1)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    targets = torch.cat([dot[:, None], codes], dim=1).flatten()
+    keep = torch.cat([~drop[:, None], torch.ones_like(codes, dtype=torch.bool)], dim=1).flatten()
+    logits_kept, targets = logits.float().flatten(0, 1)[keep], targets[keep]
+    if prior.cfg.bucket_sigma:
+        loss = F.cross_entropy(logits_kept, smoothed(targets, prior.cfg.buckets, prior.cfg.bucket_sigma))
+    else:
+        loss = F.cross_entropy(logits_kept, targets)
     accuracy = (logits[:, 1:].argmax(-1) == codes).float().mean()
     return {"loss": loss, "code_accuracy": accuracy.detach()}
 
