@@ -31,10 +31,11 @@ PAPER_BUDGET = {"prior": (4096, 600_000), "prior_ar": (4096, 1_000_000), "decode
                 "upsampler_256": (1024, 1_000_000), "upsampler_1024": (512, 1_000_000)}
 
 
-def training_flops(cfg) -> tuple[float, float]:
-    """(trained network's forward + backward FLOPs, frozen CLIP forward FLOPs) per sample."""
+def training_flops(cfg) -> tuple[int, float, float]:
+    """(parameters, trained network's forward + backward FLOPs, frozen CLIP forward FLOPs) per sample."""
     with torch.device("meta"):
         network = build_network(cfg)
+        params = count_parameters(network)
         args, kwargs = example_inputs(cfg, 1, "meta", codes=PAPER_AR_CODES)
         with FlopCounterMode(display=False) as counter:
             out = network(*args, **kwargs)
@@ -48,7 +49,7 @@ def training_flops(cfg) -> tuple[float, float]:
                 encoder.encode_image(torch.randn(1, 3, side, side))
                 encoder.encode_text(torch.zeros(1, length, dtype=torch.long))
             clip = counter.get_total_flops()
-    return float(trained), float(clip)
+    return params, float(trained), float(clip)
 
 
 def main() -> None:
@@ -68,10 +69,7 @@ def main() -> None:
         path = args.configs / f"{name}.yaml"
         if not path.is_file():
             continue
-        cfg = load_stage_config(path)
-        with torch.device("meta"):
-            params = count_parameters(build_network(cfg))
-        trained, clip = training_flops(cfg)
+        params, trained, clip = training_flops(load_stage_config(path))
         per_sample = trained + clip
         gpu_days = batch * iterations * per_sample / rate / 86_400
         print(f"| {name} | {params / 1e6:,.0f}M | {trained / 1e9:,.1f} | {clip / 1e9:,.1f} | "

@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
             from unclip.evaluation.priors import compare_priors
             from unclip.pipeline import UnCLIPPipeline
 
-            pipes = {name: UnCLIPPipeline.from_pretrained(args.checkpoint_path, device=pipe.device, prior=name)
+            pipes = {name: pipe if name == args.prior else
+                     UnCLIPPipeline.from_pretrained(args.checkpoint_path, device=pipe.device, prior=name)
                      for name in priors}
             report["priors"] = compare_priors(pipes, settings)
         args.out.mkdir(parents=True, exist_ok=True)

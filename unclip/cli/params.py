@@ -28,12 +28,8 @@ def stage_parameter_counts(path: str | Path) -> list[tuple[str, int]]:
     from unclip.config import load_stage_config
     from unclip.networks.build import build_network, count_parameters
 
-    path = Path(path)
-    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
-    if not files:
-        raise FileNotFoundError(f"no stage YAML files in {path}")
     counts = []
-    for file in files:
+    for file in stage_files(path):
         cfg = load_stage_config(file)
         with torch.device("meta"):
             model = build_network(cfg)
@@ -50,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def stage_files(path: str | Path) -> list[Path]:
+    """The stage YAML files of a config folder, or the one file ``path``."""
     path = Path(path)
     files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
-    if not files or not all(f.is_file() for f in files):
+    if not files:
         raise FileNotFoundError(f"no stage YAML files in {path}")
     return files
 

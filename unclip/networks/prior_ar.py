@@ -104,14 +104,13 @@ class ARPrior(nn.Module):
         dot = (image_emb.float() * text_emb.float()).sum(-1)
         return self._levels(dot, self.dot_range[0], self.dot_range[1])
 
-    def sample_dot(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B,) ⟨z_i, z_t⟩ tokens drawn from the top ``dot_top`` share of the predicted
-        distributions ``logits`` (B, buckets): the buckets with less than that share above them."""
+    def top_dot(self, logits: torch.Tensor) -> torch.Tensor:
+        """The top ``dot_top`` share of the predicted ⟨z_i, z_t⟩ distributions ``logits`` (B,
+        buckets), as unnormalised weights (B, buckets): the buckets with less than that share of
+        the probability above them keep theirs, the others get 0."""
         p = torch.softmax(logits.float(), dim=-1)
         above = p.flip(-1).cumsum(-1).flip(-1) - p  # probability of the buckets above each
-        weights = torch.where(above < self.cfg.dot_top, p, torch.zeros_like(p))
-        source = generator.device if generator is not None else p.device
-        return torch.multinomial(weights.to(source), 1, generator=generator).to(p.device)[:, 0]
+        return torch.where(above < self.cfg.dot_top, p, torch.zeros_like(p))
 
     # ------------------------------------------------------------------------------------------
     # the transformer

@@ -101,15 +101,13 @@ def read_folder(path: str | Path, clip: ClipConfig | None = None, prior: str = S
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"pipeline folder not found: {root}")
+    folders = {s: root / s for s in Stage}  # each slot's sub-folder
+    chosen = set()  # slots filled by a sub-folder the caller named, listed in pipeline.json or not
     if prior != Stage.prior:
-        parts = read_folder(root, clip)
-        parts.prior = load_prior_folder(root, prior)
-        parts.sampling.pop(Stage.prior, None)
-        if (found := stored_sampling(root / prior)) is not None:
-            parts.sampling[Stage.prior] = found
-        return parts
+        check_prior_folder(root, prior)
+        folders[Stage.prior], chosen = root / prior, {Stage.prior}
     listed = pipeline_meta(root).get("components")
-    names = [s for s in Stage if is_component(root / s) and (listed is None or s in listed)]
+    names = [s for s in Stage if is_component(folders[s]) and (listed is None or s in listed or s in chosen)]
     if not names:
         karlo = (root / "super_res_first").is_dir() or (root / "model_index.json").is_file()
         hint = (" It looks like a diffusers (Karlo) folder: load it with UnCLIPPipeline.from_karlo(path, clip=...)."
@@ -123,10 +121,10 @@ def read_folder(path: str | Path, clip: ClipConfig | None = None, prior: str = S
     else:
         raise ValueError(f"missing component: {root} has no clip/ sub-folder; pass clip=ClipConfig(...) naming "
                          "the CLIP the prior and decoder were trained with")
-    modules = {s: load_expected(root / s, s.component) for s in SAMPLED_STAGES if s in names}
+    modules = {s: load_expected(folders[s], s.component) for s in SAMPLED_STAGES if s in names}
     last = {s: load_expected(root / (s + LAST_STEP_SUFFIX), Stage.upsampler_256.component)
             for s in UPSAMPLERS if s in modules and is_component(root / (s + LAST_STEP_SUFFIX))}
-    sampling = {s: found for s in modules if (found := stored_sampling(root / s)) is not None}
+    sampling = {s: found for s in modules if (found := stored_sampling(folders[s])) is not None}
     return PipelineParts.of(encoder, modules, sampling=sampling, last_steps=last)
 
 
@@ -136,12 +134,11 @@ def prior_folders(root: Path) -> list[str]:
                   == Stage.prior.component)
 
 
-def load_prior_folder(root: Path, name: str):
-    """The prior in sub-folder ``name`` of pipeline folder ``root``, with a clear error if there is none."""
+def check_prior_folder(root: Path, name: str) -> None:
+    """A clear error unless sub-folder ``name`` of pipeline folder ``root`` holds a prior."""
     if not is_component(root / name) or read_component_config(root / name)[0] != Stage.prior.component:
         raise ValueError(f"prior: {root} has no prior in a sub-folder {name!r} (priors here: "
                          f"{', '.join(prior_folders(root)) or 'none'})")
-    return load_expected(root / name, Stage.prior.component)
 
 
 def write_pipeline_folder(pipe, path: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -4,7 +4,7 @@ Each step runs the transformer on the codes so far and draws the next from its s
 guidance ≠ 1 the batch is ``[uncond; cond]`` (the empty caption and the null dot token first) and
 the logits are mixed with ``diffusion.guidance.mix``, as the diffusion stages mix their outputs.
 The ⟨z_i, z_t⟩ token is drawn first, from the top of the distribution the prior predicts for the
-caption (``ARPrior.sample_dot``).
+caption (``ARPrior.top_dot``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ def sample_ar_prior(prior: ARPrior, text: TextEncoding, empty: TextEncoding, gui
     codes = torch.zeros(batch, 0, dtype=torch.long, device=device)
     null = torch.full((batch,), prior.null_dot, device=device)  # the dot logits do not see the dot token
     dot_logits = prior(codes, dot=null, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)[:, 0]
-    rows = generator if isinstance(generator, (list, tuple)) else None
-    dot = (torch.cat([prior.sample_dot(d[None], g) for d, g in zip(dot_logits, rows)]) if rows
-           else prior.sample_dot(dot_logits, generator))
+    dot = draw(prior.top_dot(dot_logits), generator)[:, 0]
     guided = guidance != 1
     if guided:
         text = with_uncond(text, empty)
@@ -41,12 +39,12 @@ def sample_ar_prior(prior: ARPrior, text: TextEncoding, empty: TextEncoding, gui
         if guided:
             logits = mix(*logits.chunk(2), guidance)
         probs = torch.softmax(logits / temperature, dim=-1)
-        codes = torch.cat([codes, _draw(probs, generator)], dim=1)
+        codes = torch.cat([codes, draw(probs, generator)], dim=1)
     return prior.dequantise(codes)
 
 
-def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
-    """One index per row (B, 1) from probabilities (B, V), on ``generator``'s device (a list: one per row)."""
+def draw(probs: torch.Tensor, generator) -> torch.Tensor:
+    """One index per row (B, 1) from weights (B, V), on ``generator``'s device (a list: one per row)."""
     if isinstance(generator, (list, tuple)):
         return torch.cat([torch.multinomial(p[None].to(g.device), 1, generator=g).to(probs.device)
                           for p, g in zip(probs, generator)])

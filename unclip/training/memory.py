@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unclip.config import ClipStageConfig, StageConfig
-from unclip.networks.build import build_network, enable_gradient_checkpointing, example_inputs
+from unclip.networks.build import build_network, count_parameters, enable_gradient_checkpointing, example_inputs
 from unclip.networks.clip import build_open_clip
 
 STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")
@@ -71,8 +71,7 @@ def plan_memory(cfg: StageConfig, *, batch: int | None = None, precision: str = 
         network = build_network(cfg)
         if cfg.training.gradient_checkpointing:
             enable_gradient_checkpointing(network)
-        reads_clip = hasattr(cfg, "clip") and not isinstance(cfg, ClipStageConfig)
-        frozen = _count(build_open_clip(cfg.clip)) if reads_clip else 0
+        frozen = count_parameters(build_open_clip(cfg.clip)) if _reads_frozen_clip(cfg) else 0
     p = trainable(network)
     shard = {"ddp": (1, 1, 1), "zero2": (1, gpus, gpus), "zero3": (gpus, gpus, gpus), "fsdp": (gpus, gpus, gpus)}
     w, g, o = shard[strategy]
@@ -129,8 +128,9 @@ def _loss(network: nn.Module, cfg: StageConfig, args: tuple, kwargs: dict) -> to
     return network(*args, **kwargs).float().pow(2).mean()
 
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def _reads_frozen_clip(cfg: StageConfig) -> bool:
+    """The prior and the decoder read a frozen CLIP; the CLIP stage trains it, the upsamplers have none."""
+    return hasattr(cfg, "clip") and not isinstance(cfg, ClipStageConfig)
 
 
 def measure_peak(cfg: StageConfig, batch: int) -> float:
@@ -140,7 +140,7 @@ def measure_peak(cfg: StageConfig, batch: int) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     network = build_network(cfg)
-    frozen = [] if isinstance(cfg, ClipStageConfig) or not hasattr(cfg, "clip") else [build_open_clip(cfg.clip)]
+    frozen = [build_open_clip(cfg.clip)] if _reads_frozen_clip(cfg) else []
     ema = copy.deepcopy(network)
     optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=1e-4)
     for _ in range(2):  # the first step allocates the AdamW moments; the second is measured
