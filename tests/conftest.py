@@ -140,3 +140,38 @@ def diffusers_oracle(monkeypatch):
         return images, decoded[0]
 
     return run
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # concurrent test runs must not share the rendezvous port
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def accelerate_launch(tmp_path):
+    """``launch(*launch_options, "-m", "unclip", ...)``: ``accelerate launch`` on two CPU processes
+    (gloo), one thread each; returns the finished process (stdout, stderr) after checking it passed."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("the accelerate command is not installed")
+    if torch.cuda.is_available():
+        pytest.skip("checks CPU (gloo) processes")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
+
+    def launch(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        command = [accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *args]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+        if check:
+            assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    return launch

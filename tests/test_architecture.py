@@ -26,6 +26,7 @@ LAYERS = {
     "unclip.training": 6,
     "unclip.server": 7,
     "unclip.cli": 8,
+    "unclip.__main__": 9,  # `python -m unclip`: the command itself
 }
 
 

@@ -1,5 +1,7 @@
 """Stage losses: guidance-dropout statistics, and each stage can overfit one fixed batch."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -57,7 +59,8 @@ def test_decoder_drop_rates_are_independent():
     diffusion = GaussianDiffusion(DiffusionConfig(variance=Variance.learned))
     decoder_loss(rec, diffusion, images=torch.zeros(n, 3, 2, 2), image_emb=torch.zeros(n, D),
                  text=encodings(n, 0), empty=EMPTY, generator=torch.Generator().manual_seed(1))
-    image_dropped = (rec.seen["image_emb"] == 7.0).all(1)
+    image_dropped = rec.seen["drop_image"]  # the decoder swaps in its null embedding (test below)
+    assert (rec.seen["image_emb"] == 0).all()
     text_dropped = (rec.seen["text_emb"] == -3.0).all(1)
     assert torch.equal(text_dropped, (rec.seen["text_tokens"] == -3.0).all(2).all(1))  # tokens go with it
     assert torch.equal(text_dropped, rec.seen["text_mask"].sum(1) == 2)  # and so does the mask
@@ -65,6 +68,28 @@ def test_decoder_drop_rates_are_independent():
     assert abs(p_img - 0.10) < 0.02 and abs(p_txt - 0.50) < 0.03
     p_both = (image_dropped & text_dropped).float().mean().item()
     assert abs(p_both - p_img * p_txt) < 0.01  # independent draws
+
+
+def test_the_decoder_swaps_in_its_null_image_embedding_for_dropped_rows():
+    from unclip.config import load_stage_config
+
+    cfg = load_stage_config(Path(__file__).parents[1] / "configs/tiny/decoder.yaml").decoder
+    decoder = Decoder(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        decoder.text_proj.learned_classifier_free_guidance_embeddings.normal_(generator=g)
+    b, side, d = 3, cfg.sample_size, cfg.clip_embeddings_dim
+    x, t, z = torch.randn(b, 3, side, side, generator=g), torch.tensor([5, 50, 500]), torch.randn(b, d, generator=g)
+    text = {"text_emb": torch.randn(b, d, generator=g), "text_tokens": torch.randn(b, 77, d, generator=g),
+            "text_mask": torch.ones(b, 77, dtype=torch.bool)}
+    drop = torch.tensor([True, False, True])
+    null = decoder.text_proj.null_image_emb(b)
+    with torch.no_grad():
+        out = decoder(x, t, image_emb=z, drop_image=drop, **text)
+        expected = decoder(x, t, image_emb=torch.where(drop[:, None], null, z), **text)
+        kept = decoder(x, t, image_emb=z, **text)
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(out[1], kept[1]) and not torch.allclose(out[0], kept[0])
 
 
 def test_prior_text_drop_rate():

@@ -7,39 +7,16 @@ starts them with torchrun and the loop asks accelerate for CPU (gloo) when there
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:  # concurrent test runs must not share the rendezvous port
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks CPU (gloo) data parallelism")
-def test_two_processes_stay_in_step_and_only_the_main_one_writes(tmp_path):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if accelerate is None:
-        pytest.skip("the accelerate command is not installed")
+def test_two_processes_stay_in_step_and_only_the_main_one_writes(tmp_path, accelerate_launch):
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
-    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               str(ROOT / "train" / "decoder.py"), "--config", str(ROOT / "configs/tiny/decoder.yaml"),
-               "--output", str(out), "--no-progress", "training.steps=2", "training.checkpoint_every=1",
-               "training.sample_every=1000"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = accelerate_launch("--multi_gpu", str(ROOT / "train" / "decoder.py"), "--config",
+                             str(ROOT / "configs/tiny/decoder.yaml"), "--output", str(out), "--no-progress",
+                             "training.steps=2", "training.checkpoint_every=1", "training.sample_every=1000")
 
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     losses = [r for r in records if "loss" in r]

@@ -83,7 +83,7 @@ def test_loop_writes_checkpoints_logs_and_the_ema_export(tmp_path):
     assert (root / "latest").read_text() == "step_000004"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000002", "step_000004"]
     state = json.loads((root / "step_000004" / "state.json").read_text())
-    assert state == {"step": 4, "ema_updates": 4, "written_by": 0}
+    assert state == {"step": 4, "ema_updates": 4, "written_by": 0, "engine": False}
     model = load_file(str(root / "step_000004" / "model.safetensors"))
     ema = load_file(str(root / "step_000004" / "ema.safetensors"))
     exported = load_file(str(export / "toy.safetensors"))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+METADATA = "metadata.json"
 _ARRAYS = ("image_emb", "text_emb", "text_tokens", "text_mask")
 _DTYPES = {"image_emb": np.float32, "text_emb": np.float32, "text_tokens": np.float16, "text_mask": np.bool_}
 
@@ -37,10 +38,13 @@ class EmbeddingsWriter:
     ``metadata.json`` (a folder without it is incomplete and will not load).
     """
 
-    def __init__(self, out_dir: str | Path, shard_size: int = 10_000):
+    def __init__(self, out_dir: str | Path, shard_size: int = 10_000, *, prefix: str = "",
+                 metadata: str = METADATA):
+        """``prefix`` starts every shard name and ``metadata`` names the file ``close`` writes: one
+        writer per process uses its own (see :func:`merge_metadata`)."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.shard_size = shard_size
+        self.shard_size, self.prefix, self.metadata = shard_size, prefix, metadata
         self.count = 0
         self.shards: list[str] = []
         self.shapes: dict[str, tuple[int, ...]] | None = None  # per-row shapes, fixed by the first add
@@ -67,7 +71,7 @@ class EmbeddingsWriter:
             self._flush(self.shard_size)
 
     def _flush(self, rows: int) -> None:
-        prefix = f"{len(self.shards):05d}"
+        prefix = f"{self.prefix}{len(self.shards):05d}"
         for name in _ARRAYS:
             data = np.concatenate(self._buffer[name])
             np.save(self.out_dir / f"{prefix}_{name}.npy", data[:rows])
@@ -89,13 +93,30 @@ class EmbeddingsWriter:
             "context_length": int(shapes["text_tokens"][0]) if shapes else None,
             "text_width": int(shapes["text_tokens"][1]) if shapes else None,
         }
-        (self.out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
+        (self.out_dir / self.metadata).write_text(json.dumps(metadata, indent=2))
 
     def __enter__(self) -> EmbeddingsWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def merge_metadata(out_dir: str | Path, parts: list[str]) -> dict:
+    """Join the metadata files ``parts`` (one per process, each naming its own shards) into
+    ``metadata.json`` and remove them; parts that wrote nothing add no shards."""
+    out_dir = Path(out_dir)
+    metas = [json.loads((out_dir / part).read_text()) for part in parts]
+    filled = [m for m in metas if m["count"]]
+    keys = ("embed_dim", "context_length", "text_width")
+    if any(tuple(m[k] for k in keys) != tuple(filled[0][k] for k in keys) for m in filled):
+        raise ValueError(f"{out_dir}: the processes wrote embeddings of different shapes")
+    merged = {"count": sum(m["count"] for m in metas), "shards": [s for m in metas for s in m["shards"]],
+              **{k: filled[0][k] if filled else None for k in keys}}
+    (out_dir / METADATA).write_text(json.dumps(merged, indent=2))
+    for part in parts:
+        (out_dir / part).unlink()
+    return merged
 
 
 class EmbeddingsDataset(Dataset):

@@ -91,6 +91,7 @@ class Decoder(nn.Module):
     """x_t (B, 3, S, S) + (z_i, text) → eps and variance interpolation (B, 6, S, S)."""
 
     config_class = DecoderConfig
+    _no_split_modules = ["ResnetBlock2D", "Attention"]  # FSDP units (unclip.training.sharded)
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -102,7 +103,13 @@ class Decoder(nn.Module):
         )
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+                text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                drop_image: torch.Tensor | None = None) -> torch.Tensor:
+        """``drop_image`` (B,) bool: rows whose z_i becomes the learned null embedding (training's
+        classifier-free-guidance dropout; inside the forward, where a sharded network has its weights)."""
+        if drop_image is not None:
+            null = self.text_proj.null_image_emb(len(image_emb)).to(image_emb.dtype)
+            image_emb = torch.where(drop_image[:, None], null, image_emb)
         context, time_add = self.text_proj(image_emb=image_emb, text_emb=text_emb, text_tokens=text_tokens)
         # the extra tokens are always attended: pad the mask with True on the left
         mask = F.pad(text_mask, (self.cfg.clip_extra_context_tokens, 0), value=True)

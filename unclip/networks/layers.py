@@ -57,6 +57,7 @@ def checkpoint_forward(block: nn.Module) -> None:
                 return checkpoint(inner, *args, use_reentrant=False, **kwargs)
             return inner(*args, **kwargs)
 
-        subclass = type(f"Checkpointed{cls.__name__}", (cls,), {"forward": forward})
+        # the same name: FSDP's wrapping policy finds blocks by class name
+        subclass = type(cls.__name__, (cls,), {"forward": forward, "__qualname__": f"checkpointed {cls.__qualname__}"})
         _CHECKPOINTED[cls] = subclass
     block.__class__ = _CHECKPOINTED[cls]

@@ -18,6 +18,7 @@ from unclip.config import PriorConfig
 
 class Prior(nn.Module):
     config_class = PriorConfig
+    _no_split_modules = ["BasicTransformerBlock"]  # FSDP units (unclip.training.sharded)
 
     def __init__(self, cfg: PriorConfig):
         super().__init__()

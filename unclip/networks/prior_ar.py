@@ -31,6 +31,7 @@ PCA_MARGIN = 0.05  # the quantisation range of a coordinate: its training range 
 
 class ARPrior(nn.Module):
     config_class = PriorConfig
+    _no_split_modules = ["TransformerEncoderLayer"]  # FSDP units (unclip.training.sharded)
 
     def __init__(self, cfg: PriorConfig):
         super().__init__()

@@ -19,6 +19,7 @@ from unclip.networks.layers import norm_groups
 
 class Upsampler(nn.Module):
     config_class = UpsamplerConfig
+    _no_split_modules = ["ResnetBlock2D"]  # FSDP units (unclip.training.sharded)
 
     def __init__(self, cfg: UpsamplerConfig):
         super().__init__()

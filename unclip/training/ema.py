@@ -9,19 +9,21 @@ Frozen parameters and buffers (e.g. the prior's embedding statistics) are copied
 
 from __future__ import annotations
 
-import copy
+from copy import deepcopy
 
 import torch
 from torch import nn
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, *, copy: bool = True):
+        """``copy=False``: ``model`` is already the shadow (e.g. a sharded run's, see
+        ``unclip.training.sharded.sharded_shadow``)."""
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.updates = 0
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.model = (deepcopy(model) if copy else model).eval().requires_grad_(False)
 
     def current_decay(self) -> float:
         n = self.updates

@@ -18,9 +18,7 @@ Run folder: ``config.yaml`` (resolved), ``checkpoints/step_XXXXXX`` + ``checkpoi
 from __future__ import annotations
 
 import json
-import os
 import time
-import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,13 +29,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.tracking import GeneralTracker
-from accelerate.utils import ProjectConfiguration, is_tensorboard_available, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, is_tensorboard_available, set_seed
 from tqdm.auto import tqdm
 
 from unclip.checkpoint import init_weights
 from unclip.config import Precision, StageConfig, TrainingConfig, save_yaml, to_dict
 from unclip.networks.build import enable_gradient_checkpointing
 from unclip.training import resume as ckpt
+from unclip.training import sharded
 from unclip.training.batches import batch_stream
 from unclip.training.ema import EMA
 from unclip.training.stages import StageContext, StageTask, build_task
@@ -109,19 +108,18 @@ def make_accelerator(tc: TrainingConfig, output: Path) -> Accelerator:
     trackers: list[Any] = [JsonlTracker(output / "log.jsonl")]
     if is_tensorboard_available():
         trackers.append("tensorboard")
-    return Accelerator(mixed_precision=precision.value, gradient_accumulation_steps=tc.grad_accum,
-                       log_with=trackers, cpu=_cpu_processes(),
-                       project_config=ProjectConfiguration(str(output), logging_dir=str(output / "tensorboard")))
-
-
-def _cpu_processes() -> bool:
-    """Several processes and no GPU: ask accelerate for CPU data parallelism (gloo), which it
-    otherwise sets up only for its MPI launcher."""
-    if os.environ.get("MASTER_ADDR") and "WORLD_SIZE" not in os.environ and "OMPI_COMM_WORLD_SIZE" not in os.environ:
-        warnings.warn("`accelerate launch --cpu` starts several processes only through MPI (--mpirun_hostfile); "
-                      "this is ONE process. Without MPI use `accelerate launch --multi_gpu --num_processes N`, "
-                      "which runs on CPU with gloo when there is no GPU.", stacklevel=2)
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    cpu = sharded.cpu_processes()
+    fsdp = sharded.fsdp_plugin(cpu)
+    accelerator = Accelerator(mixed_precision=precision.value, gradient_accumulation_steps=tc.grad_accum,
+                              log_with=trackers, cpu=cpu, fsdp_plugin=fsdp,
+                              project_config=ProjectConfiguration(str(output),
+                                                                  logging_dir=str(output / "tensorboard")))
+    if fsdp is not None:
+        sharded.enable_on_cpu(accelerator, fsdp, precision.value)
+    sharded.count_deepspeed_cpu_processes(accelerator)
+    sharded.check_supported(accelerator)
+    sharded.configure_deepspeed(accelerator, tc.batch_size, tc.grad_accum, tc.grad_clip)
+    return accelerator
 
 
 def run_task(task: StageTask, cfg: StageConfig, accelerator: Accelerator, output: Path, *, resume: bool = False,
@@ -152,19 +150,41 @@ class _Run:
             fresh = init_weights(self.model, tc.init_from)
             if fresh and accelerator.is_main_process:
                 print(f"{task.name}: started from {tc.init_from}; new parameters: {', '.join(fresh)}")
-        self.ema = EMA(self.model, tc.ema_decay)
+        self.engine = sharded.engine_managed(accelerator)
+        if state is not None and state.engine != self.engine:
+            kind = "a sharded (FSDP / DeepSpeed)" if state.engine else "an unsharded"
+            raise ValueError(f"{state.folder} was written by {kind} run: resume it under the same kind of "
+                             "accelerate config (configs/accelerate/)")
+        self.prepare(state)
+        self.start = state.step if state is not None else 0
+        self.call = PreparedNetwork(self.wrapped, self.model)
+        self.samples_per_step = tc.batch_size * tc.grad_accum * accelerator.num_processes
+
+    def prepare(self, state: ckpt.ResumeState | None) -> None:
+        """The optimiser, schedule and EMA, restored from ``state``, and the network handed to
+        accelerate (DDP, FSDP or DeepSpeed). Under FSDP the EMA follows the shards."""
+        tc, accelerator = self.tc, self.accelerator
+        shards = accelerator.distributed_type == DistributedType.FSDP
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=tc.lr,
                                       betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
                                       weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(tc.warmup_steps))
-        if state is not None:
+        self.template = sharded.meta_copy(self.model) if shards else None  # the full network's layout
+        if not shards:
+            self.ema = EMA(self.model, tc.ema_decay)
+        if state is not None and not self.engine:
             ckpt.load_weights(state, self.model, self.ema)
             ckpt.load_optimizer_states(state, optimizer, self.scheduler, accelerator.scaler)
-        self.start = state.step if state is not None else 0
         # the scheduler stays unprepared: accelerate would step it once per process
-        wrapped, self.optimizer = accelerator.prepare(self.model, optimizer)
-        self.call = PreparedNetwork(wrapped, self.model)
-        self.samples_per_step = tc.batch_size * tc.grad_accum * accelerator.num_processes
+        self.wrapped, self.optimizer = accelerator.prepare(self.model, optimizer)
+        if shards:  # FSDP made the weights DTensor shards in place: the EMA averages the shards
+            self.ema = EMA(sharded.sharded_shadow(self.template, self.model), tc.ema_decay, copy=False)
+            if accelerator.is_main_process:
+                print(sharded.describe(self.model))
+        if state is not None and self.engine:
+            sharded.load_state(accelerator, state.folder, self.ema.model)
+            ckpt.load_scheduler(state, self.scheduler)
+            self.ema.updates = state.ema_updates
 
     def loop(self, progress: bool) -> Path:
         tc, accelerator, main = self.tc, self.accelerator, self.accelerator.is_main_process
@@ -193,8 +213,9 @@ class _Run:
             self.after_step(step, {**logs, "lr": lr}, rate)
         bar.close()
         export = self.output / "export"
+        network = self.ema_network()
         if main:
-            self.task.export(self.ema.model, export)
+            self.task.export(network, export)
             bar.write(f"exported {', '.join(sorted(p.name for p in export.iterdir()))} to {export}")
         accelerator.wait_for_everyone()
         return export
@@ -208,26 +229,55 @@ class _Run:
                              "samples_per_s": rate * self.samples_per_step}, step=step)
             self.clock = (time.perf_counter(), step)
         if self.task.sample is not None and (step % tc.sample_every == 0 or last):
+            network = self.ema_network()
             if accelerator.is_main_process:
-                metrics = self.task.sample(self.ema.model, step, self.output)
+                metrics = self.task.sample(network, step, self.output)
                 if metrics:
                     accelerator.log(metrics, step=step)
             accelerator.wait_for_everyone()
         if step % tc.checkpoint_every == 0 or last:
             self.checkpoint(step)
 
+    def ema_network(self) -> torch.nn.Module | None:
+        """The EMA as a full, plain network on the main process, None on the others; every process
+        calls it (gathering a sharded EMA is a collective)."""
+        if self.template is not None:
+            return sharded.gather_full(self.ema.model, self.template, self.accelerator.is_main_process)
+        return self.ema.model if self.accelerator.is_main_process else None
+
     def checkpoint(self, step: int) -> None:
         """Save the resume state (main process) after checking that every process holds the same weights."""
         accelerator = self.accelerator
+        if self.template is not None:  # FSDP: every process holds other shards, and saves them
+            self.engine_checkpoint(step)
+            return
         checksums = accelerator.gather(_checksum(self.model).reshape(1).to(accelerator.device)).tolist()
         if max(checksums) - min(checksums) > 1e-6 * max(1.0, abs(checksums[0])):
             raise TrainingError(f"processes out of step at step {step}: weight checksums {checksums}")
-        if accelerator.is_main_process:
+        if self.engine:
+            self.engine_checkpoint(step)
+        elif accelerator.is_main_process:
             folder = ckpt.save_checkpoint(self.output, step, model=self.model, ema=self.ema, optimizer=self.optimizer,
                                           scheduler=self.scheduler, scaler=accelerator.scaler, config=self.config,
                                           rank=accelerator.process_index, keep=self.keep)
             tqdm.write(f"saved {folder}")
         accelerator.log({f"checksum/process_{i}": c for i, c in enumerate(checksums)}, step=step)
+        accelerator.wait_for_everyone()
+
+    def engine_checkpoint(self, step: int) -> None:
+        """Every process writes its part through accelerate and torch's distributed checkpoint into
+        one temporary folder, which the main process completes and renames."""
+        accelerator, main = self.accelerator, self.accelerator.is_main_process
+        tmp = ckpt.temporary_folder(self.output, step, unique=False)
+        if main:
+            ckpt.begin_checkpoint(self.output, step, unique=False)
+        accelerator.wait_for_everyone()
+        sharded.save_state(accelerator, tmp, self.ema.model)
+        accelerator.wait_for_everyone()
+        if main:
+            folder = ckpt.finish_checkpoint(tmp, step, ema=self.ema, scheduler=self.scheduler, config=self.config,
+                                            rank=accelerator.process_index, keep=self.keep, engine=True)
+            tqdm.write(f"saved {folder}")
         accelerator.wait_for_everyone()
 
 
@@ -249,7 +299,8 @@ def optimisation_step(task: StageTask, call: PreparedNetwork, batches, optimizer
             accelerator.backward(out["loss"])
             if accelerator.sync_gradients and tc.grad_clip > 0:
                 norm = accelerator.clip_grad_norm_(call.wrapped.parameters(), tc.grad_clip)
-                totals["grad_norm"] = float(norm)
+                if norm is not None:  # DeepSpeed clips inside its step and may not report it
+                    totals["grad_norm"] = float(norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         for key, value in out.items():

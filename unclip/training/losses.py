@@ -95,10 +95,10 @@ def decoder_loss(decoder: Decoder, diffusion: GaussianDiffusion, *, images: torc
     see ``_noised`` (0, the paper's plain noise, by default)."""
     b, cfg = len(images), decoder.cfg
     drop_image = drop_mask(b, cfg.image_drop, images.device, generator)
-    image_emb = torch.where(drop_image[:, None], decoder.text_proj.null_image_emb(b).to(image_emb.dtype), image_emb)
     text = replace_text(text, empty, drop_mask(b, cfg.text_drop, images.device, generator))
     t, noise, x_t = _noised(diffusion, images, generator, offset_noise)
-    out = decoder(x_t, t, image_emb=image_emb, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+    out = decoder(x_t, t, image_emb=image_emb, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask,
+                  drop_image=drop_image)
     return diffusion.loss(out, images, x_t, t, noise)
 
 

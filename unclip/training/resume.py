@@ -6,6 +6,10 @@ states (``*.pt``, torch.save as accelerate writes them), ``state.json`` (step, E
 wrote it) and ``config.json`` (the resolved stage config). It is written under a temporary name
 and renamed; ``latest`` (the folder's name) is rewritten the same way afterwards, so a save that is
 interrupted leaves the previous checkpoint and pointer intact.
+
+A sharded run (FSDP, DeepSpeed; ``unclip.training.sharded``) writes ``engine/`` (accelerate's
+``save_state``: model and optimiser) and ``ema/`` (a torch distributed checkpoint) in place of the
+weight and optimiser files, and ``"engine": true`` in ``state.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class ResumeState:
     step: int
     ema_updates: int
     config: dict[str, Any]
+    engine: bool = False  # written by FSDP / DeepSpeed (accelerate's save_state), not as safetensors
 
 
 def checkpoints_dir(output: str | Path) -> Path:
@@ -77,23 +82,41 @@ def set_rng_states(states: dict[str, Any]) -> None:
 def save_checkpoint(output: str | Path, step: int, *, model: nn.Module, ema, optimizer, scheduler, scaler,
                     config: dict[str, Any], rank: int = 0, keep: int = 3) -> Path:
     """Write the resume state of ``step``; keep the ``keep`` newest checkpoints. Main process only."""
+    tmp = begin_checkpoint(output, step, unique=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    save_model(ema.model, str(tmp / "ema.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if scaler is not None:
+        torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    torch.save(rng_states(), tmp / "rng.pt")
+    return finish_checkpoint(tmp, step, ema=ema, scheduler=scheduler, config=config, rank=rank, keep=keep)
+
+
+def begin_checkpoint(output: str | Path, step: int, *, unique: bool) -> Path:
+    """A fresh temporary folder for the checkpoint of ``step`` (main process). ``unique=False``
+    gives a name every process of a run can compute, for checkpoints they write together."""
     root = checkpoints_dir(output)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):  # left by a save that was interrupted
         shutil.rmtree(stale, ignore_errors=True)
-    name = f"step_{step:06d}"
-    tmp = root / f".tmp-{name}-{os.getpid()}"
+    tmp = temporary_folder(output, step, unique=unique)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    save_model(ema.model, str(tmp / "ema.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    return tmp
+
+
+def temporary_folder(output: str | Path, step: int, *, unique: bool) -> Path:
+    return checkpoints_dir(output) / (f".tmp-step_{step:06d}" + (f"-{os.getpid()}" if unique else ""))
+
+
+def finish_checkpoint(tmp: Path, step: int, *, ema, scheduler, config: dict[str, Any], rank: int = 0,
+                      keep: int = 3, engine: bool = False) -> Path:
+    """Add the schedule, config and ``state.json`` to ``tmp``, rename it and point ``latest`` at it."""
+    root = tmp.parent
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    if scaler is not None:
-        torch.save(scaler.state_dict(), tmp / "scaler.pt")
-    torch.save(rng_states(), tmp / "rng.pt")
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    state = {"step": step, "ema_updates": ema.updates, "written_by": rank}
+    state = {"step": step, "ema_updates": ema.updates, "written_by": rank, "engine": engine}
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    name = f"step_{step:06d}"
     final = root / name
     if final.exists():  # the same step saved again (a run resumed at its last step)
         shutil.rmtree(final)
@@ -109,7 +132,7 @@ def save_checkpoint(output: str | Path, step: int, *, model: nn.Module, ema, opt
 def read_resume_state(folder: Path) -> ResumeState:
     state = json.loads((folder / "state.json").read_text())
     config = json.loads((folder / "config.json").read_text())
-    return ResumeState(folder, int(state["step"]), int(state["ema_updates"]), config)
+    return ResumeState(folder, int(state["step"]), int(state["ema_updates"]), config, bool(state.get("engine")))
 
 
 def load_weights(resume: ResumeState, model: nn.Module, ema) -> None:
@@ -120,10 +143,14 @@ def load_weights(resume: ResumeState, model: nn.Module, ema) -> None:
 
 def load_optimizer_states(resume: ResumeState, optimizer, scheduler, scaler) -> None:
     optimizer.load_state_dict(torch.load(resume.folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(resume.folder / "scheduler.pt", weights_only=True))
+    load_scheduler(resume, scheduler)
     if scaler is not None and (resume.folder / "scaler.pt").is_file():
         scaler.load_state_dict(torch.load(resume.folder / "scaler.pt", weights_only=True))
     set_rng_states(torch.load(resume.folder / "rng.pt", weights_only=False))  # our own file
+
+
+def load_scheduler(resume: ResumeState, scheduler) -> None:
+    scheduler.load_state_dict(torch.load(resume.folder / "scheduler.pt", weights_only=True))
 
 
 # How a stage samples by default; training never reads them, so a resumed run may change them.
