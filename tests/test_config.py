@@ -23,11 +23,12 @@ CONFIGS = sorted(p for p in Path(__file__).parents[1].joinpath("configs").glob("
 
 def test_every_scale_has_its_stage_files():
     scales = {p.parent.name for p in CONFIGS}
-    assert scales == {"tiny", "shapes", "karlo", "paper"}
+    assert scales == {"tiny", "shapes", "karlo", "paper", "emoji"}
     stems = {scale: {p.stem for p in CONFIGS if p.parent.name == scale} for scale in scales}
     full = {"clip", "prior", "prior_ar", "decoder", "upsampler_256", "upsampler_1024"}  # prior_ar: the AR prior
     assert stems["tiny"] == stems["shapes"] == stems["paper"] == full
     assert stems["karlo"] == full - {"upsampler_1024", "prior_ar"}  # Karlo has no 1024 stage and no AR prior
+    assert stems["emoji"] == full - {"prior_ar"}  # the emoji cascade (issue 21) has the diffusion prior only
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")

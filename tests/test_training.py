@@ -302,15 +302,15 @@ def test_every_stage_trains_checkpoints_and_exports_through_the_cli(tmp_path, co
 def prior_monitor(clip, prior) -> dict[str, float]:
     """The prior stage's monitor, by hand: mean cos(sampled z_i, true z_i) and cos(z_t, true z_i)
     over the held-out shapes, sampled with DDPM from seed 0 at the tiny config's steps and guidance."""
-    from unclip.config import load_stage_config
+    from unclip.config import DataConfig, load_stage_config
     from unclip.diffusion.sampling import sample_loop
     from unclip.diffusion.schedule import Sampler, make_scheduler
     from unclip.pipeline.denoisers import prior_denoiser
-    from unclip.training.stages.common import held_out_shapes
+    from unclip.training.stages.common import held_out_samples
     from unclip.training.stages.prior import MONITOR_COUNT
 
     diffusion = load_stage_config(ROOT / "configs/tiny/prior.yaml").diffusion
-    images, captions = held_out_shapes(clip.image_size, MONITOR_COUNT)
+    images, captions = held_out_samples(DataConfig(), clip.image_size, MONITOR_COUNT)
     true, text = clip.encode_image(images), clip.encode_text(captions)
     cos = lambda a, b: (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1).mean().item()  # noqa: E731
     g = torch.Generator().manual_seed(0)
@@ -326,13 +326,14 @@ def clip_monitor(clip) -> dict[str, float]:
     """The CLIP stage's monitor, by hand: top-1 image→caption retrieval over the held-out shapes
     (a hit when the retrieved caption reads the same) and the share of two-object renders closer
     to their own caption than to the relation-inverted one."""
+    from unclip.config import DataConfig
     from unclip.evaluation.probes import relation_probe
     from unclip.training.stages.clip import MONITOR_COUNT
-    from unclip.training.stages.common import held_out_shapes
+    from unclip.training.stages.common import held_out_samples
 
     unit = lambda x: F.normalize(x, dim=-1)  # noqa: E731
     text = lambda captions: unit(clip.model.encode_text(clip.tokenize(captions)))  # noqa: E731
-    images, captions = held_out_shapes(clip.image_size, MONITOR_COUNT)
+    images, captions = held_out_samples(DataConfig(), clip.image_size, MONITOR_COUNT)
     best = (unit(clip.encode_image(images)) @ text(captions).T).argmax(1).tolist()
     top1 = sum(captions[j] == captions[i] for i, j in enumerate(best)) / len(captions)
     pairs, own, swapped = relation_probe(clip.image_size, MONITOR_COUNT)

@@ -82,6 +82,7 @@ class DatasetKind(str, enum.Enum):
     folder = "folder"
     webdataset = "webdataset"
     embeddings = "embeddings"
+    emoji = "emoji"  # a folder written by `unclip data emoji` (its train split)
 
 
 class Precision(str, enum.Enum):
@@ -230,7 +231,7 @@ class DataConfig:
     """Where training samples come from."""
 
     kind: DatasetKind = DatasetKind.shapes
-    path: str | None = None  # folder, shard glob or embeddings folder (not for shapes/openmoji)
+    path: str | None = None  # folder, shard glob, embeddings or emoji folder (not for shapes/openmoji)
     resolution: int = 32  # image side produced by the data set
     seed: int = 0
     paraphrase: bool = False  # shapes: add caption paraphrases in training

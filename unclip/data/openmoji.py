@@ -114,25 +114,25 @@ def cache_dir(resolution: int) -> Path:
     return root / "openmoji" / version / str(resolution)
 
 
-def render_svg(svg: Path, resolution: int) -> Image.Image:
-    """Render an SVG file to a ``resolution``-square RGB image on white."""
+def render_svg(svg: Path | str, resolution: int, background: str = "white") -> Image.Image:
+    """Render an SVG (a file, or markup given as a string) to a ``resolution``-square RGB image on
+    ``background`` (a CSS colour)."""
+    source = {"svg_path": str(svg)} if isinstance(svg, Path) else {"svg_string": svg}
     try:
         import resvg_py
 
-        png = resvg_py.svg_to_bytes(
-            svg_path=str(svg), width=resolution, height=resolution, background="white"
-        )
+        png = resvg_py.svg_to_bytes(**source, width=resolution, height=resolution, background=background)
     except ImportError:
         try:
             import cairosvg
         except (ImportError, OSError) as err:  # OSError: cairosvg installed without libcairo2
             raise ImportError(f"rendering SVGs needs resvg-py or cairosvg: {_INSTALL_HINT}") from err
-        png = cairosvg.svg2png(
-            url=str(svg), output_width=resolution, output_height=resolution, background_color="white"
-        )
+        where = {"url": str(svg)} if isinstance(svg, Path) else {"bytestring": svg.encode()}
+        png = cairosvg.svg2png(**where, output_width=resolution, output_height=resolution,
+                               background_color=background)
     with Image.open(io.BytesIO(png)) as image:
         image.load()
-        return image.copy()
+        return image.convert("RGB")
 
 
 class OpenMojiDataset(Dataset):

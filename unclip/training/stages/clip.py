@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from unclip.checkpoint import save_component
-from unclip.config import ClipStageConfig
+from unclip.config import ClipStageConfig, DatasetKind
 from unclip.data import build_dataset
 from unclip.evaluation.probes import relation_accuracy, relation_probe
 from unclip.networks.build import build_network
 from unclip.networks.clip import OPENAI_MEAN, OPENAI_STD, ClipEncoder
-from unclip.training.stages.common import StageContext, StageTask, held_out_shapes
+from unclip.training.stages.common import StageContext, StageTask, held_out_samples
 
 MONITOR_COUNT = 32  # held-out pairs for the retrieval monitor
 
@@ -50,19 +50,22 @@ def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
         with torch.no_grad():  # open_clip's clamp: a temperature of at most 100
             clip.logit_scale.clamp_(0, math.log(100))
 
-    images, captions = held_out_shapes(side, MONITOR_COUNT)
-    pair_images, pair_captions, swapped_captions = relation_probe(side, MONITOR_COUNT)
+    images, captions = held_out_samples(cfg.data, side, MONITOR_COUNT)
+    shapes = cfg.data.kind is DatasetKind.shapes  # the relation probe renders shapes scenes
+    probe = relation_probe(side, MONITOR_COUNT) if shapes else None
 
     @torch.no_grad()
     def sample(clip, step: int, output: Path) -> dict[str, float]:
         """Top-1 image→caption retrieval among held-out pairs (chance = 1/N; captions may repeat),
-        and `relation_accuracy` on fixed two-object renders (chance = 0.5)."""
+        and on shapes `relation_accuracy` on fixed two-object renders (chance = 0.5)."""
         image_emb = lambda x: clip.encode_image(pixels(x.to(ctx.device)))  # noqa: E731
         text_emb = lambda c: clip.encode_text(tokens(c))  # noqa: E731
         sims = F.normalize(image_emb(images), dim=-1) @ F.normalize(text_emb(captions), dim=-1).T
         hits = [captions[j] == captions[i] for i, j in enumerate(sims.argmax(dim=1).tolist())]
-        relation = relation_accuracy(image_emb, text_emb, pair_images, pair_captions, swapped_captions)
-        return {"clip/top1": sum(hits) / len(hits), "clip/relation": relation}
+        metrics = {"clip/top1": sum(hits) / len(hits)}
+        if probe is not None:
+            metrics["clip/relation"] = relation_accuracy(image_emb, text_emb, *probe)
+        return metrics
 
     def export(clip, folder: Path) -> None:
         save_component(ClipEncoder(cfg.clip, model=clip), folder / "clip")

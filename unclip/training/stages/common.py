@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.utils import save_image
 
 from unclip.checkpoint import load_clip, load_component
-from unclip.config import StageConfig
+from unclip.config import DataConfig, DatasetKind, StageConfig
 from unclip.data.shapes import ShapesDataset
 
 Batch = dict[str, Any]
@@ -79,11 +79,19 @@ def check_clip_width(clip, width: int, field: str) -> None:
         raise ValueError(f"{field}={width} but the frozen CLIP's embedding width is {clip.embed_dim}")
 
 
-def held_out_shapes(resolution: int, count: int, seed: int = 10_000) -> tuple[torch.Tensor, list[str]]:
-    """``count`` fixed shapes samples the training stream never shows (another seed, held-out
-    colour–shape pairs included): images (N, 3, R, R) in [-1, 1] and their captions."""
-    data = ShapesDataset(resolution=resolution, seed=seed, held_out=True)
-    items = [data.item(i) for i in range(count)]
+def held_out_samples(data: DataConfig, resolution: int, count: int,
+                     seed: int = 10_000) -> tuple[torch.Tensor, list[str]]:
+    """``count`` fixed samples the training stream never shows, for the monitors: images (N, 3, R, R)
+    in [-1, 1] and their captions. Shapes: another seed, held-out colour–shape pairs included;
+    emoji: the held-out (concept, style) pairs, evenly spaced, with their canonical captions."""
+    if data.kind is DatasetKind.emoji:
+        from unclip.data.emoji_dataset import EmojiDataset
+
+        held = EmojiDataset(data.path, resolution, split="heldout", forms=("canonical",))
+        items = [held[i * len(held) // count] for i in range(min(count, len(held)))]
+    else:
+        shapes = ShapesDataset(resolution=resolution, seed=seed, held_out=True)
+        items = [shapes.item(i) for i in range(count)]
     return torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
 
 

@@ -21,7 +21,7 @@ from unclip.training.stages.common import (
     StageTask,
     check_clip_width,
     frozen_clip,
-    held_out_shapes,
+    held_out_samples,
     save_grid,
     step_png,
 )
@@ -45,7 +45,7 @@ def build(cfg: DecoderStageConfig, ctx: StageContext) -> StageTask:
                             text=clip.encode_text(batch["caption"]), empty=empty,
                             offset_noise=cfg.training.offset_noise)
 
-    images, captions = held_out_shapes(cfg.decoder.sample_size, SAMPLE_COUNT)
+    images, captions = held_out_samples(cfg.data, cfg.decoder.sample_size, SAMPLE_COUNT)
     count = cfg.training.binding_monitor
     if count < 0:
         raise ValueError(f"training.binding_monitor={count}: expected a count of renders, 0 to turn it off")

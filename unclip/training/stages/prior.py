@@ -27,7 +27,7 @@ from unclip.training.stages.common import (
     StageTask,
     check_clip_width,
     frozen_clip,
-    held_out_shapes,
+    held_out_samples,
 )
 
 STATS_SAMPLES, STATS_BATCH = 512, 64  # training samples behind the per-dimension mean/std of z_i
@@ -71,7 +71,7 @@ def build(cfg: PriorStageConfig, ctx: StageContext) -> StageTask:
         else:
             prior.set_stats(z.mean(0), z.std(0))
 
-    images, captions = held_out_shapes(clip.image_size, MONITOR_COUNT)
+    images, captions = held_out_samples(cfg.data, clip.image_size, MONITOR_COUNT)
 
     @torch.no_grad()
     def sample(prior, step: int, output: Path) -> dict[str, float]:

@@ -25,7 +25,7 @@ from unclip.training.losses import upsampler_loss
 from unclip.training.stages.common import (
     StageContext,
     StageTask,
-    held_out_shapes,
+    held_out_samples,
     save_grid,
     step_png,
 )
@@ -43,7 +43,7 @@ def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
         high_res, low_res = upsampler_pair(batch["image"], up.low_res_size, up.degradation, crop)
         return upsampler_loss(upsampler, diffusion, high_res=high_res, low_res=low_res)
 
-    images, _ = held_out_shapes(up.sample_size, SAMPLE_COUNT)
+    images, _ = held_out_samples(cfg.data, up.sample_size, SAMPLE_COUNT)
 
     @torch.no_grad()
     def sample(upsampler, step: int, output: Path) -> dict[str, float]:

@@ -1,0 +1,161 @@
+"""`unclip data emoji` on a tiny stand-in of the six packages' layouts (no npm, no network)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from unclip.cli import main as cli
+from unclip.data import emoji
+
+FOX, APPLE, HASH, PUA = "1F98A", "1F34E", "0023-FE0F-20E3", "E000"
+COLOURS = {FOX: "#ff8000", APPLE: "#ff0000", HASH: "#0000ff", PUA: "#00ff00"}
+
+
+def square_svg(colour: str) -> str:  # a filled square in the middle half of the canvas
+    return f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect x="8" y="8" width="16" height="16" ' \
+           f'fill="{colour}"/></svg>'
+
+
+def iconify(folder: Path, codes: list[str], *, chars: bool = True, alias: str | None = None) -> None:
+    folder.mkdir(parents=True)
+    names = {code: f"icon-{code.lower()}" for code in codes}
+    icons = {names[c]: {"body": f'<rect x="8" y="8" width="16" height="16" fill="{COLOURS[c]}"/>'} for c in codes}
+    aliases = {}
+    if alias:  # chars.json names an alias whose parent is the icon
+        aliases = {"alias-name": {"parent": names[alias]}}
+        names[alias] = "alias-name"
+    (folder / "icons.json").write_text(json.dumps({"icons": icons, "aliases": aliases, "width": 32, "height": 32}))
+    if chars:
+        (folder / "chars.json").write_text(json.dumps({c.lower(): names[c] for c in codes}))
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("packages")
+    om = emoji.package_dir(root, emoji.SETS["openmoji"])
+    (om / "color" / "svg").mkdir(parents=True)
+    (om / "data").mkdir()
+    for code in (FOX, APPLE, HASH, PUA):
+        (om / "color" / "svg" / f"{code}.svg").write_text(square_svg(COLOURS[code]))
+    (om / "data" / "openmoji.json").write_text(json.dumps([
+        {"hexcode": FOX, "annotation": "fox", "tags": "animal, face"},
+        {"hexcode": APPLE, "annotation": "red apple", "tags": "fruit, red"},
+        {"hexcode": HASH, "annotation": "keycap: #", "tags": "keycap"}]))
+    webp = emoji.package_dir(root, emoji.SETS["fluent 3d"]) / "assets"
+    webp.mkdir(parents=True)
+    for code in (FOX, APPLE):  # RGBA: an opaque square on a transparent canvas
+        image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+        image.paste(Image.new("RGBA", (16, 16), COLOURS[code]), (8, 8))
+        image.save(webp / f"{code.lower()}.webp", lossless=True)
+    iconify(emoji.package_dir(root, emoji.SETS["fluent flat"]), [FOX, APPLE, HASH])
+    iconify(emoji.package_dir(root, emoji.SETS["fluent color"]), [FOX, APPLE, HASH], chars=False)
+    iconify(emoji.package_dir(root, emoji.SETS["noto"]), [FOX, APPLE])
+    iconify(emoji.package_dir(root, emoji.SETS["twemoji"]), [FOX, APPLE, HASH], alias=APPLE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(packages, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("emoji") / "data"
+    assert cli(["data", "emoji", "--out", str(out), "--packages", str(packages), "--sizes", "16", "32",
+                "--held-out", "0.2", "--variation-concepts", "0.34", "--quiet"]) == 0
+    return out
+
+
+def read_split(out: Path, size: int, split: str) -> list[dict]:
+    from unclip.data.webdataset import iter_tar_samples
+
+    rows = []
+    for shard in sorted((out / str(size) / split).glob("*.tar")):
+        for raw in iter_tar_samples(str(shard)):
+            image = Image.open(io.BytesIO(raw["png"])).convert("RGB")
+            rows.append({"caption": raw["txt"].decode(), "meta": json.loads(raw["json"]), "image": image})
+    return rows
+
+
+def test_sets_join_by_code_point_with_captions_and_held_out_pairs(built):
+    meta = json.loads((built / "metadata.json").read_text())
+    # fox and apple in all six styles, the keycap in four (no fluent 3d, no noto); E000 has no name
+    assert (meta["images"], meta["concepts"], meta["unnamed"]) == (16, 3, 1)
+    assert sum(meta["counts"]["noto"].values()) == 2 and sum(meta["counts"]["openmoji"].values()) == 3
+    assert meta["sizes"] == [16, 32] and meta["caption_template"] == "{annotation}, {style} style"
+    assert meta["sets"]["twemoji"]["licence"] == "CC BY 4.0" and "Twemoji" in meta["sets"]["twemoji"]["credit"]
+    assert len(meta["variation_concepts"]) == 1  # 0.34 of the 2 concepts in all six styles
+    assert meta["variation_concepts"][0] in {"1f98a", "1f34e"}
+    assert len(meta["held_out"]) == round(0.2 * 10)  # pairs of the other shared concepts: 6 + 4
+
+    rows = {split: read_split(built, 32, split) for split in emoji.SPLITS}
+    assert sum(len(r) for r in rows.values()) == 16
+    train_pairs = {(r["meta"]["concept"], r["meta"]["style"]) for r in rows["train"]}
+    assert not train_pairs & {tuple(p) for p in meta["held_out"]}  # never trained on
+    assert {r["meta"]["concept"] for r in rows["variations"]} == set(meta["variation_concepts"])
+    assert len(rows["variations"]) == 6 and not {c for c, _ in train_pairs} & set(meta["variation_concepts"])
+    captions = {r["caption"] for split in rows.values() for r in split}
+    assert {"fox, twemoji style", "red apple, fluent 3d style", "keycap: #, fluent color style"} <= captions
+    assert all(r["caption"] == emoji.caption(r["meta"]["annotation"], r["meta"]["style"]) for r in rows["train"])
+    assert len(read_split(built, 16, "train")) == len(rows["train"])  # every size holds the same split
+
+
+def test_every_style_renders_its_art_on_white(built):
+    for row in [r for split in emoji.SPLITS for r in read_split(built, 32, split)]:
+        key = {emoji.concept_key(c): c for c in COLOURS}[row["meta"]["concept"]]
+        want = Image.new("RGB", (1, 1), COLOURS[key]).getpixel((0, 0))
+        assert row["image"].size == (32, 32)
+        assert row["image"].getpixel((0, 0)) == (255, 255, 255), row["meta"]  # the background
+        assert max(abs(a - b) for a, b in zip(row["image"].getpixel((16, 16)), want)) <= 2, row["meta"]
+
+
+def test_the_shards_train_through_the_webdataset_reader(built):
+    from unclip.data.webdataset import ShardDataset
+
+    sample = next(iter(ShardDataset(str(built / "32" / "train" / "*.tar"), 32, epochs=1)))
+    assert sample["image"].shape == (3, 32, 32) and sample["caption"].endswith(" style")
+    assert torch.all(sample["image"][:, 0, 0] == 1.0)  # white, in [-1, 1]
+
+
+def test_later_sizes_join_the_same_split_and_other_settings_are_refused(built, packages, capsys):
+    before = json.loads((built / "metadata.json").read_text())
+    assert cli(["data", "emoji", "--out", str(built), "--packages", str(packages), "--sizes", "16", "24",
+                "--held-out", "0.2", "--variation-concepts", "0.34", "--quiet"]) == 0
+    after = json.loads((built / "metadata.json").read_text())
+    assert after["sizes"] == [16, 24, 32] and after["held_out"] == before["held_out"]
+    assert len(read_split(built, 24, "heldout")) == len(before["held_out"])
+    assert cli(["data", "emoji", "--out", str(built), "--packages", str(packages), "--sizes", "48", "--seed", "1",
+                "--quiet"]) == 2
+    assert "other seed" in capsys.readouterr().err and not (built / "48").exists()
+
+
+def test_bad_input_gets_a_message(tmp_path, packages, monkeypatch, capsys):
+    assert cli(["data", "emoji", "--out", str(tmp_path / "a"), "--sets", "clipart", "--quiet"]) == 2
+    assert "unknown emoji set 'clipart'" in capsys.readouterr().err
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no npm on this machine
+    assert cli(["data", "emoji", "--out", str(tmp_path / "b"), "--packages", str(tmp_path / "empty"),
+                "--sets", "twemoji", "--quiet"]) == 2
+    assert "apt-get install npm" in capsys.readouterr().err
+
+
+def test_the_emoji_data_set_reads_each_image_in_every_caption_form(built):
+    from unclip.config import DataConfig, DatasetKind
+    from unclip.data import build_dataset
+    from unclip.data.emoji_dataset import CAPTION_FORMS
+
+    data = build_dataset(DataConfig(kind=DatasetKind.emoji, path=str(built), resolution=12))  # the 16 px shards
+    images = len(read_split(built, 16, "train"))
+    assert len(data) == images * len(CAPTION_FORMS)
+    rows = [data[i] for i in range(len(data))]
+    assert all(r["image"].shape == (3, 12, 12) for r in rows)
+    for i in range(images):  # one image, five captions: canonical ×3, without the style, with the tags
+        meta = data.meta(i)
+        forms = [rows[i + k * images]["caption"] for k in range(len(CAPTION_FORMS))]
+        assert forms[:3] == [emoji.caption(meta["annotation"], meta["style"])] * 3
+        assert forms[3] == meta["annotation"]
+        assert forms[4] == emoji.caption(", ".join([meta["annotation"], *meta["tags"]]), meta["style"])
+        torch.testing.assert_close(rows[i]["image"], rows[i + images]["image"])
+    with pytest.raises(ValueError, match="none at least data.resolution=64"):
+        build_dataset(DataConfig(kind=DatasetKind.emoji, path=str(built), resolution=64))
