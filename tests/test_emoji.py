@@ -17,15 +17,19 @@ FOX, APPLE, HASH, PUA = "1F98A", "1F34E", "0023-FE0F-20E3", "E000"
 COLOURS = {FOX: "#ff8000", APPLE: "#ff0000", HASH: "#0000ff", PUA: "#00ff00"}
 
 
-def square_svg(colour: str) -> str:  # a filled square in the middle half of the canvas
-    return f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect x="8" y="8" width="16" height="16" ' \
-           f'fill="{colour}"/></svg>'
+def rect(colour: str, inset: int) -> str:  # a filled square centred on a 32-unit canvas
+    return f'<rect x="{inset}" y="{inset}" width="{32 - 2 * inset}" height="{32 - 2 * inset}" fill="{colour}"/>'
 
 
-def iconify(folder: Path, codes: list[str], *, chars: bool = True, alias: str | None = None) -> None:
+def square_svg(colour: str) -> str:
+    return f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">{rect(colour, 8)}</svg>'
+
+
+def iconify(folder: Path, codes: list[str], inset: int, *, chars: bool = True, alias: str | None = None) -> None:
+    """An iconify package; each style draws its squares with its own inset, so styles differ."""
     folder.mkdir(parents=True)
     names = {code: f"icon-{code.lower()}" for code in codes}
-    icons = {names[c]: {"body": f'<rect x="8" y="8" width="16" height="16" fill="{COLOURS[c]}"/>'} for c in codes}
+    icons = {names[c]: {"body": rect(COLOURS[c], inset)} for c in codes}
     aliases = {}
     if alias:  # chars.json names an alias whose parent is the icon
         aliases = {"alias-name": {"parent": names[alias]}}
@@ -51,12 +55,12 @@ def packages(tmp_path_factory) -> Path:
     webp.mkdir(parents=True)
     for code in (FOX, APPLE):  # RGBA: an opaque square on a transparent canvas
         image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
-        image.paste(Image.new("RGBA", (16, 16), COLOURS[code]), (8, 8))
+        image.paste(Image.new("RGBA", (22, 22), COLOURS[code]), (5, 5))
         image.save(webp / f"{code.lower()}.webp", lossless=True)
-    iconify(emoji.package_dir(root, emoji.SETS["fluent flat"]), [FOX, APPLE, HASH])
-    iconify(emoji.package_dir(root, emoji.SETS["fluent color"]), [FOX, APPLE, HASH], chars=False)
-    iconify(emoji.package_dir(root, emoji.SETS["noto"]), [FOX, APPLE])
-    iconify(emoji.package_dir(root, emoji.SETS["twemoji"]), [FOX, APPLE, HASH], alias=APPLE)
+    iconify(emoji.package_dir(root, emoji.SETS["fluent flat"]), [FOX, APPLE, HASH], 6)
+    iconify(emoji.package_dir(root, emoji.SETS["fluent color"]), [FOX, APPLE, HASH], 10, chars=False)
+    iconify(emoji.package_dir(root, emoji.SETS["noto"]), [FOX, APPLE], 4)
+    iconify(emoji.package_dir(root, emoji.SETS["twemoji"]), [FOX, APPLE, HASH], 12, alias=APPLE)
     return root
 
 
@@ -159,3 +163,82 @@ def test_the_emoji_data_set_reads_each_image_in_every_caption_form(built):
         torch.testing.assert_close(rows[i]["image"], rows[i + images]["image"])
     with pytest.raises(ValueError, match="none at least data.resolution=64"):
         build_dataset(DataConfig(kind=DatasetKind.emoji, path=str(built), resolution=64))
+
+
+
+# ----------------------------------------------------------------------------------------------
+# unclip eval --suite emoji
+
+
+def pixel_features(images: torch.Tensor) -> torch.Tensor:
+    """A cheap stand-in for the Inception features: the image at 8×8, flattened, centred."""
+    small = torch.nn.functional.interpolate(images.float(), size=(8, 8), mode="area")
+    return (small - small.mean()).flatten(1)
+
+
+class RenderingPipe:
+    """Stands in for a cascade that draws every prompt as its real render: the figures must be perfect."""
+
+    def __init__(self, root: Path, side: int):
+        from unclip.data.emoji_dataset import EmojiDataset
+
+        self.sizes, self.renders = [side], {}
+        for split in emoji.SPLITS:
+            data = EmojiDataset(root, side, split, forms=("canonical",))
+            for i in range(len(data)):
+                item = data[i]
+                self.renders[item["caption"]] = item["image"]
+
+    def generate(self, prompts, size, steps=None, seed=0, progress=True):
+        from unclip.data.images import tensor_to_pil
+
+        return tensor_to_pil(torch.stack([self.renders[p] for p in prompts]))
+
+
+def test_nearest_real_renders_name_the_concept_within_the_style_and_the_style_overall():
+    from unclip.evaluation.emoji import Gallery, nearest
+
+    found = Gallery(torch.eye(4), ["fox", "fox", "apple", "owl"], ["noto", "twemoji", "noto", "noto"])
+    query = torch.tensor([[0.1, 1.0, 0.0, 0.5], [0.0, 0.2, 0.9, 0.0]])
+    (twemoji_concepts, style_a), (noto_concepts, style_b) = nearest(query, found, "noto", k=2)
+    assert style_a == "twemoji" and style_b == "noto"  # the nearest render of any style
+    assert twemoji_concepts == ["owl", "fox"] and noto_concepts == ["apple", "fox"]  # among noto renders only
+    assert nearest(query, found, None, k=5)[0][0] == ["fox", "owl", "apple"]  # distinct concepts
+
+
+def test_recognisable_is_perfect_for_a_cascade_that_draws_the_real_renders(built):
+    from unclip.evaluation.emoji import EmojiEvalSettings, gallery, prompt_pairs, recognisable
+
+    meta = json.loads((built / "metadata.json").read_text())
+    found = gallery(built, 32, pixel_features, cache=False)
+    assert len(found.concepts) == 16
+    settings = EmojiEvalSettings(data=str(built), batch=4)
+    pairs = prompt_pairs(meta, found, 300, 0)
+    assert len(pairs["seen"]) == 16 - 2 - 6 and sorted(pairs["held_out"]) == sorted(tuple(p) for p in meta["held_out"])
+    for name, chosen in pairs.items():
+        r = recognisable(RenderingPipe(built, 32), chosen, meta, found, pixel_features, settings)
+        assert (r["top1"], r["top5"], r["style"]) == (1.0, 1.0, 1.0), name
+
+
+def test_the_emoji_suite_runs_on_a_tiny_cascade_and_caches_its_gallery(built, tiny_pipeline_dir, tmp_path,
+                                                                       monkeypatch):
+    out = tmp_path / "eval"
+    args = ["eval", "--suite", "emoji", "--data", str(built), "--checkpoint", str(tiny_pipeline_dir),
+            "--out", str(out), "--prompts", "3", "--fid-images", "4", "--fid-sizes", "32", "--variation-images", "2",
+            "--interpolations", "1", "--batch", "4", "--steps", "2"]
+    # no Inception forward in the test suite
+    monkeypatch.setattr("unclip.evaluation.fid.InceptionFeatures", lambda device="cpu": pixel_features)
+    assert cli(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    rec = report["recognisable"]
+    assert rec["seen"]["n"] == 3 and rec["held_out"]["n"] == 2 and rec["all"]["n"] == 5
+    assert all(0 <= rec[k][m] <= 1 for k in ("seen", "held_out") for m in ("top1", "top5", "style"))
+    assert set(report["fid"]) == {"32"} and report["fid"]["32"] >= 0
+    assert report["variations"]["n"] == 2 * 2 and report["interpolations"]["n"] >= 1
+    assert "held-out prompts: nearest real render is the concept, top 5" in (out / "report.md").read_text()
+    assert (out / "samples.png").is_file() and (built / "features" / "gallery_32.safetensors").is_file()
+
+
+def test_the_emoji_suite_needs_its_data(capsys, tiny_pipeline_dir):
+    assert cli(["eval", "--suite", "emoji", "--checkpoint", str(tiny_pipeline_dir)]) == 2
+    assert "--suite emoji needs --data" in capsys.readouterr().err

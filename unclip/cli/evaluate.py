@@ -1,5 +1,6 @@
-"""``unclip eval``: measure a cascade on the shapes set; writes report.json, report.md and a
-captioned sample sheet, samples.png."""
+"""``unclip eval``: measure a cascade on the shapes set (``--suite shapes``, the default) or on the
+emoji set (``--suite emoji --data DIR``, ``unclip.evaluation.emoji``); writes report.json,
+report.md and a captioned sample sheet, samples.png."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from unclip.cli.common import add_pipeline_arguments, load_pipeline, stage_value
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_pipeline_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("eval"), help="report folder (default: eval/)")
-    parser.add_argument("--prompts", type=int, default=200, help="prompts per binding category (default 200)")
+    parser.add_argument("--suite", choices=["shapes", "emoji"], default="shapes",
+                        help="which figures: the shapes set's (default) or the emoji set's (needs --data)")
+    parser.add_argument("--data", help="--suite emoji: the folder `unclip data emoji` wrote")
+    parser.add_argument("--prompts", type=int,
+                        help="prompts per binding category (shapes, default 200) or seen and held-out "
+                             "(concept, style) prompts each (emoji, default 300)")
     parser.add_argument("--ablation-prompts", type=int,
                         help="prompts per category for the §5.1 ablation and the true-image-embedding rows "
                              "(default: as many as --prompts)")
@@ -41,6 +47,8 @@ def _settings(args: argparse.Namespace):
     from unclip.config import SAMPLED_STAGES
     from unclip.evaluation.report import EvalSettings
 
+    if args.prompts is None:
+        args.prompts = 300 if args.suite == "emoji" else 200
     counts = dict(prompts=args.prompts, fid_images=args.fid_images, detector_scenes=args.detector_scenes,
                   prior_captions=args.prior_captions, variation_images=args.variation_images,
                   interpolations=args.interpolations, batch=args.batch)
@@ -51,6 +59,15 @@ def _settings(args: argparse.Namespace):
     steps = stage_values([parse(s) for s in args.steps], SAMPLED_STAGES) if args.steps else None
     if args.ablation_prompts is not None and args.ablation_prompts < 1:
         raise ValueError(f"--ablation-prompts: expected a positive whole number, got {args.ablation_prompts}")
+    if args.suite == "emoji":
+        from unclip.evaluation.emoji import EmojiEvalSettings
+
+        if not args.data:
+            raise ValueError("--suite emoji needs --data DIR, a folder written by `unclip data emoji`")
+        for name in ("detector_scenes", "prior_captions"):
+            counts.pop(name)
+        return EmojiEvalSettings(data=args.data, **counts, fid_sizes=tuple(args.fid_sizes), seed=args.seed,
+                                 steps=steps)
     return EvalSettings(**counts, ablation_prompts=args.ablation_prompts, fid_sizes=tuple(args.fid_sizes),
                         seed=args.seed, steps=steps)
 
@@ -82,12 +99,36 @@ def sample_sheet(pipe, path: Path, seed: int, steps=None) -> Path:
     return save_grid(images, path, columns=4, captions=list(SHEET_PROMPTS))
 
 
+def run_emoji(args: argparse.Namespace, settings) -> int:
+    import torch
+
+    from unclip.cli.common import save_grid
+    from unclip.evaluation.emoji import markdown, run_emoji_eval, sheet_prompts
+
+    pipe = load_pipeline(args)
+    with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        report = run_emoji_eval(pipe, settings)
+        report["settings"]["bf16_autocast"] = args.bf16
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(report, indent=2))
+        table = markdown(report)
+        (args.out / "report.md").write_text(table)
+        print(table)
+        prompts = sheet_prompts(Path(settings.data), pipe.sizes[0], settings.seed)
+        images = pipe.generate(prompts, steps=settings.steps, seed=settings.seed, progress=False)
+        grid = save_grid(images, args.out / "samples.png", columns=4, captions=prompts)
+    print(f"wrote {args.out / 'report.json'}, {args.out / 'report.md'} and {grid}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from unclip.evaluation.report import markdown, run_eval
 
     settings = _settings(args)
+    if args.suite == "emoji":
+        return run_emoji(args, settings)
     priors = _priors_to_compare(args)  # checked before the long run
     pipe = load_pipeline(args)
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):

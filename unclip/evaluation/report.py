@@ -162,13 +162,20 @@ def prior_quality(pipe, settings: EvalSettings) -> dict[str, float]:
     side = pipe.clip.image_size
     true = pipe.clip.encode_image([s.render(side) for s in scenes])
     text = pipe.clip.encode_text([s.caption for s in scenes])
-    options = SamplingOptions(steps=settings.steps, seed=settings.seed)
+    return {**prior_cosines(pipe, text, true, settings.steps, settings.seed), "n": len(scenes)}
+
+
+@torch.no_grad()
+def prior_cosines(pipe, text, true: torch.Tensor, steps, seed: int) -> dict[str, float]:
+    """Mean cosine to the true image embeddings ``true`` of the text embedding and of the prior's
+    samples, best of 1 and of 2."""
+    options = SamplingOptions(steps=steps, seed=seed)
     run = pipe.plan([Stage.prior], options)[Stage.prior]
     out = {"text_embedding_baseline": F.cosine_similarity(text.emb, true).mean().item()}
     for k in (1, 2):
         z = sample_prior(pipe, text, run, options.make_generator(pipe.device), candidates=k, progress=False)
         out[f"prior_best_of_{k}"] = F.cosine_similarity(z, true).mean().item()
-    return {**out, "n": len(scenes)}
+    return out
 
 
 @torch.no_grad()
@@ -223,20 +230,28 @@ def interpolation_monotonic(pipe, settings: EvalSettings) -> dict[str, float]:
     side = pipe.sizes[0]
     a_scenes = one_object_scenes(list(PAIR_POOLS["train"]), settings.interpolations, settings.seed + 3)
     b_scenes = one_object_scenes(list(PAIR_POOLS["train"]), settings.interpolations, settings.seed + 4)
+    pairs = [(a.render(side), b.render(side)) for a, b in zip(a_scenes, b_scenes)]
+    return interpolation_figures(pipe, pairs, settings.frames, settings.steps, settings.seed)
+
+
+@torch.no_grad()
+def interpolation_figures(pipe, pairs: list[tuple[Image.Image, Image.Image]], frames: int, steps, seed: int,
+                          ) -> dict[str, float]:
+    """For image pairs (A, B) at the decoder's size: the share of interpolations whose last frame
+    is closer to B and first closer to A than the other way round (in the cascade's CLIP), and the
+    share of frame-to-frame moves toward B."""
+    side = pipe.sizes[0]
     ends_ok, steps_ok, steps_all = 0, 0, 0
-    for j, (a, b) in enumerate(zip(a_scenes, b_scenes)):
-        ia, ib = a.render(side), b.render(side)
-        frames = pipe.interpolate(ia, ib, frames=settings.frames, size=side, steps=settings.steps,
-                                  seed=settings.seed + j, progress=False)
-        z = F.normalize(pipe.clip.encode_image(frames), dim=-1)
+    for j, (ia, ib) in enumerate(tqdm(pairs, desc="interpolations", leave=False)):
+        shown = pipe.interpolate(ia, ib, frames=frames, size=side, steps=steps, seed=seed + j, progress=False)
+        z = F.normalize(pipe.clip.encode_image(shown), dim=-1)
         za, zb = F.normalize(pipe.clip.encode_image([ia, ib]), dim=-1)
         to_a, to_b = z @ za, z @ zb
         ends_ok += bool(to_a[0] > to_a[-1] and to_b[-1] > to_b[0])
         moves = (to_b - to_a).diff()
         steps_ok += int((moves > 0).sum())
         steps_all += len(moves)
-    return {"ends": ends_ok / len(a_scenes), "frame_steps_toward_b": steps_ok / max(steps_all, 1),
-            "n": len(a_scenes)}
+    return {"ends": ends_ok / len(pairs), "frame_steps_toward_b": steps_ok / max(steps_all, 1), "n": len(pairs)}
 
 
 # ----------------------------------------------------------------------------------------------
