@@ -9,6 +9,7 @@ Frozen parameters and buffers (e.g. the prior's embedding statistics) are copied
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from copy import deepcopy
 
 import torch
@@ -16,12 +17,14 @@ from torch import nn
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float, *, copy: bool = True):
+    def __init__(self, model: nn.Module, decay: float, *, copy: bool = True,
+                 view: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """``copy=False``: ``model`` is already the shadow (e.g. a sharded run's, see
-        ``unclip.training.sharded.sharded_shadow``)."""
+        ``unclip.training.sharded``); ``view`` maps each training parameter to the tensor the shadow
+        averages (ZeRO-3: this process's slice)."""
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.view = decay, view or (lambda p: p)
         self.updates = 0
         self.model = (deepcopy(model) if copy else model).eval().requires_grad_(False)
 
@@ -35,11 +38,11 @@ class EMA:
         d = self.current_decay()
         shadow = dict(self.model.named_parameters())
         for name, param in model.named_parameters():
-            target = shadow[name]
+            target, value = shadow[name], self.view(param).detach()
             if param.requires_grad:
-                target.lerp_(param.detach().to(target.dtype), 1.0 - d)
+                target.lerp_(value.to(target.dtype), 1.0 - d)
             else:
-                target.copy_(param.detach())
+                target.copy_(value)
         shadow_buffers = dict(self.model.named_buffers())
         for name, buf in model.named_buffers():
             shadow_buffers[name].copy_(buf)

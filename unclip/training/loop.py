@@ -29,7 +29,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.tracking import GeneralTracker
-from accelerate.utils import DistributedType, ProjectConfiguration, is_tensorboard_available, set_seed
+from accelerate.utils import ProjectConfiguration, is_tensorboard_available, set_seed
 from tqdm.auto import tqdm
 
 from unclip.checkpoint import init_weights
@@ -164,25 +164,29 @@ class _Run:
         """The optimiser, schedule and EMA, restored from ``state``, and the network handed to
         accelerate (DDP, FSDP or DeepSpeed). Under FSDP the EMA follows the shards."""
         tc, accelerator = self.tc, self.accelerator
-        shards = accelerator.distributed_type == DistributedType.FSDP
+        self.layout = layout = sharded.weight_layout(accelerator)
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=tc.lr,
                                       betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
                                       weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(tc.warmup_steps))
-        self.template = sharded.meta_copy(self.model) if shards else None  # the full network's layout
-        if not shards:
+        full = layout == sharded.FULL
+        self.template = None if full else sharded.meta_copy(self.model)  # the full network's layout
+        if full:
             self.ema = EMA(self.model, tc.ema_decay)
         if state is not None and not self.engine:
             ckpt.load_weights(state, self.model, self.ema)
             ckpt.load_optimizer_states(state, optimizer, self.scheduler, accelerator.scaler)
         # the scheduler stays unprepared: accelerate would step it once per process
         self.wrapped, self.optimizer = accelerator.prepare(self.model, optimizer)
-        if shards:  # FSDP made the weights DTensor shards in place: the EMA averages the shards
+        if layout == sharded.FSDP:  # the weights became DTensor shards in place: the EMA averages the shards
             self.ema = EMA(sharded.sharded_shadow(self.template, self.model), tc.ema_decay, copy=False)
             if accelerator.is_main_process:
                 print(sharded.describe(self.model))
+        if layout == sharded.ZERO3:  # each parameter keeps its slice in ds_tensor: the EMA averages the slices
+            self.ema = EMA(sharded.zero3_shadow(self.template, self.model), tc.ema_decay, copy=False,
+                           view=sharded.partition)
         if state is not None and self.engine:
-            sharded.load_state(accelerator, state.folder, self.ema.model)
+            sharded.load_state(accelerator, state.folder, self.ema.model, slices=layout == sharded.ZERO3)
             ckpt.load_scheduler(state, self.scheduler)
             self.ema.updates = state.ema_updates
 
@@ -241,14 +245,17 @@ class _Run:
     def ema_network(self) -> torch.nn.Module | None:
         """The EMA as a full, plain network on the main process, None on the others; every process
         calls it (gathering a sharded EMA is a collective)."""
-        if self.template is not None:
-            return sharded.gather_full(self.ema.model, self.template, self.accelerator.is_main_process)
-        return self.ema.model if self.accelerator.is_main_process else None
+        main = self.accelerator.is_main_process
+        if self.layout == sharded.FSDP:
+            return sharded.gather_full(self.ema.model, self.template, main)
+        if self.layout == sharded.ZERO3:
+            return sharded.gather_zero3(self.model, self.ema.model, self.template, main)
+        return self.ema.model if main else None
 
     def checkpoint(self, step: int) -> None:
         """Save the resume state (main process) after checking that every process holds the same weights."""
         accelerator = self.accelerator
-        if self.template is not None:  # FSDP: every process holds other shards, and saves them
+        if self.template is not None:  # FSDP, ZeRO-3: every process holds other shards, and saves them
             self.engine_checkpoint(step)
             return
         checksums = accelerator.gather(_checksum(self.model).reshape(1).to(accelerator.device)).tolist()
@@ -272,7 +279,7 @@ class _Run:
         if main:
             ckpt.begin_checkpoint(self.output, step, unique=False)
         accelerator.wait_for_everyone()
-        sharded.save_state(accelerator, tmp, self.ema.model)
+        sharded.save_state(accelerator, tmp, self.ema.model, slices=self.layout == sharded.ZERO3)
         accelerator.wait_for_everyone()
         if main:
             folder = ckpt.finish_checkpoint(tmp, step, ema=self.ema, scheduler=self.scheduler, config=self.config,

@@ -1,4 +1,4 @@
-"""Sharded training: FSDP (torch's FSDP2) and DeepSpeed ZeRO-2, both through accelerate.
+"""Sharded training: FSDP (torch's FSDP2) and DeepSpeed ZeRO-2 / ZeRO-3, all through accelerate.
 
 The loop asks this module three things: which accelerate plugin a launch wants, how the EMA
 follows weights that an engine owns, and how such a run checkpoints, resumes and exports.
@@ -10,14 +10,19 @@ follows weights that an engine owns, and how such a run checkpoints, resumes and
   also runs on CPU processes over gloo, so :func:`fsdp_plugin` / :func:`enable_on_cpu` switch it on
   there too (that is how the tests run it with two CPU processes).
 - **DeepSpeed ZeRO-2** (``configs/accelerate/zero2.yaml``): optimiser states and gradients are
-  partitioned, the weights are not, so the EMA is the usual full copy. ZeRO-3 partitions the
-  weights outside of DeepSpeed's own modules and is refused: use FSDP, which shards the same way.
+  partitioned, the weights are not, so the EMA is the usual full copy.
+- **DeepSpeed ZeRO-3** (``configs/accelerate/zero3.yaml``): the weights are partitioned too; each
+  parameter keeps this process's flat slice in ``ds_tensor``. The EMA averages those slices
+  (:func:`zero3_shadow`); to gather it, the slices are swapped into the live parameters for one
+  ``deepspeed.zero.GatheredParameters`` and swapped back (:func:`gather_zero3`). The loop sets
+  ``stage3_param_persistence_threshold: 0`` so that every parameter is partitioned this way.
 
 The EMA of a sharded network is a plain module whose parameters are DTensor clones of the shards
 (:func:`sharded_shadow`), so averaging stays local; sampling and export gather it into a full
 network (:func:`gather_full`, a collective every process calls). A checkpoint is accelerate's
 ``save_state`` (model and optimiser as torch distributed-checkpoint shards, or DeepSpeed's files)
-plus the EMA written with ``torch.distributed.checkpoint``; resuming may change the process count.
+plus the EMA written with ``torch.distributed.checkpoint`` (under ZeRO-3, one safetensors file of
+slices per process). Under FSDP resuming may change the process count; under ZeRO-3 it may not.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch.distributed.checkpoint as dcp
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.tensor import DTensor
 
@@ -91,12 +97,18 @@ def check_supported(accelerator: Accelerator) -> None:
     if accelerator.distributed_type == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
         raise ValueError("FSDP: the loop needs FSDP2 (fsdp_version: 2 in the accelerate config, as "
                          "configs/accelerate/fsdp.yaml); FSDP1's flat parameters are not supported")
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        stage = accelerator.state.deepspeed_plugin.zero_stage
-        if stage == 3:
-            raise ValueError("DeepSpeed ZeRO-3 partitions the weights inside DeepSpeed, where the loop's EMA "
-                             "cannot follow them: use configs/accelerate/fsdp.yaml (full shard: weights, gradients "
-                             "and optimiser states, like ZeRO-3) or zero2.yaml")
+
+
+FULL, FSDP, ZERO3 = "full", "fsdp", "zero3"  # how each process holds the weights
+
+
+def weight_layout(accelerator: Accelerator) -> str:
+    """``full`` (one process, DDP, ZeRO-2), ``fsdp`` (DTensor shards) or ``zero3`` (flat slices)."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return FSDP
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        return ZERO3
+    return FULL
 
 
 def configure_deepspeed(accelerator: Accelerator, batch_size: int, grad_accum: int, grad_clip: float) -> None:
@@ -108,6 +120,8 @@ def configure_deepspeed(accelerator: Accelerator, batch_size: int, grad_accum: i
     config["gradient_accumulation_steps"] = grad_accum
     config["train_batch_size"] = batch_size * grad_accum * accelerator.num_processes
     config["gradient_clipping"] = grad_clip
+    if weight_layout(accelerator) == ZERO3:  # partition every parameter, so that the EMA can follow it
+        config.setdefault("zero_optimization", {})["stage3_param_persistence_threshold"] = 0
 
 
 def engine_managed(accelerator: Accelerator) -> bool:
@@ -176,14 +190,73 @@ def gather_full(shadow: nn.Module, template: nn.Module, main: bool) -> nn.Module
     return full_model.requires_grad_(False).eval()
 
 
-def save_state(accelerator: Accelerator, folder: Path, ema_model: nn.Module) -> None:
-    """Model and optimiser through accelerate (every process), then the EMA's shards."""
+def partition(p: torch.Tensor) -> torch.Tensor:
+    """This process's flat slice of a ZeRO-3 parameter."""
+    return p.ds_tensor
+
+
+@torch.no_grad()
+def zero3_shadow(template: nn.Module, model: nn.Module) -> nn.Module:
+    """The EMA's network for a ZeRO-3 one: ``template`` holding clones of each parameter's slice
+    (:func:`partition`) and of the buffers (which ZeRO-3 does not partition)."""
+    shadow = meta_copy(template).eval()
+    for name, p in model.named_parameters():
+        _assign(shadow, name, partition(p).detach().clone(), parameter=True)
+    for name, b in model.named_buffers():
+        _assign(shadow, name, b.detach().clone(), parameter=False)
+    return shadow
+
+
+@torch.no_grad()
+def gather_zero3(model: nn.Module, shadow: nn.Module, template: nn.Module, main: bool) -> nn.Module | None:
+    """A full, plain copy of the ZeRO-3 EMA ``shadow`` on the main process: its slices are swapped
+    into ``model``'s parameters for one DeepSpeed gather, then the training slices come back.
+    Every process must call it."""
+    import deepspeed
+
+    params = dict(model.named_parameters())
+    kept = {name: partition(p).detach().clone() for name, p in params.items()}
+    for name, p in shadow.named_parameters():
+        partition(params[name]).copy_(p)
+    try:
+        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+            state = {name: p.detach().cpu().clone() for name, p in params.items()} if main else {}
+    finally:
+        for name, p in params.items():
+            partition(p).copy_(kept[name])
+    if not main:
+        return None
+    state.update({name: b.cpu() for name, b in shadow.named_buffers()})
+    full_model = meta_copy(template)
+    full_model.load_state_dict(state, assign=True)
+    return full_model.requires_grad_(False).eval()
+
+
+def _slices_file(folder: Path, rank: int) -> Path:
+    return folder / EMA_SHARDS / f"process_{rank:05d}.safetensors"
+
+
+def save_state(accelerator: Accelerator, folder: Path, ema_model: nn.Module, *, slices: bool = False) -> None:
+    """Model and optimiser through accelerate (every process), then the EMA: a distributed checkpoint,
+    or with ``slices`` (ZeRO-3) one file of this process's slices."""
     accelerator.save_state(str(folder / ENGINE))
-    dcp.save(ema_model.state_dict(), checkpoint_id=str(folder / EMA_SHARDS))
+    if slices:
+        path = _slices_file(folder, accelerator.process_index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in ema_model.state_dict().items()}, str(path))
+    else:
+        dcp.save(ema_model.state_dict(), checkpoint_id=str(folder / EMA_SHARDS))
 
 
-def load_state(accelerator: Accelerator, folder: Path, ema_model: nn.Module) -> None:
+def load_state(accelerator: Accelerator, folder: Path, ema_model: nn.Module, *, slices: bool = False) -> None:
     accelerator.load_state(str(folder / ENGINE))
+    if slices:
+        path = _slices_file(folder, accelerator.process_index)
+        written = len(list(path.parent.glob("process_*.safetensors")))
+        if not path.is_file() or written != accelerator.num_processes:
+            raise ValueError(f"{folder} was written by {written} ZeRO-3 processes; resume it with as many")
+        ema_model.load_state_dict(load_file(str(path)))
+        return
     state = ema_model.state_dict()
     dcp.load(state, checkpoint_id=str(folder / EMA_SHARDS))
     ema_model.load_state_dict(state)

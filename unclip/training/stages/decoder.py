@@ -32,7 +32,8 @@ BINDING_STEPS = 10  # DDPM steps of the monitor's decodes
 
 def build(cfg: DecoderStageConfig, ctx: StageContext) -> StageTask:
     if cfg.data.resolution != cfg.decoder.sample_size:
-        raise ValueError(f"data.resolution={cfg.data.resolution} must equal decoder.sample_size={cfg.decoder.sample_size}")
+        raise ValueError(f"data.resolution={cfg.data.resolution} must equal "
+                         f"decoder.sample_size={cfg.decoder.sample_size}")
     clip = frozen_clip(cfg, ctx.device)
     check_clip_width(clip, cfg.decoder.clip_embeddings_dim, "decoder.clip_embeddings_dim")
     model = build_network(cfg)
