@@ -242,3 +242,58 @@ def test_the_emoji_suite_runs_on_a_tiny_cascade_and_caches_its_gallery(built, ti
 def test_the_emoji_suite_needs_its_data(capsys, tiny_pipeline_dir):
     assert cli(["eval", "--suite", "emoji", "--checkpoint", str(tiny_pipeline_dir)]) == 2
     assert "--suite emoji needs --data" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# unclip eval --suite emoji-clip
+
+
+class ColourClip:
+    """A CLIP stand-in that knows each test concept by its colour: the image embedding is the mean
+    colour of the drawn (non-white) pixels, the text embedding the named concept's colour; the
+    style never enters. ``swap`` names each concept's colour after another concept's."""
+
+    image_size = 32
+    RGB = {"fox": (1.0, 0.0, -1.0), "red apple": (1.0, -1.0, -1.0), "keycap: #": (-1.0, -1.0, 1.0)}
+
+    def __init__(self, swap: bool = False):
+        names = list(self.RGB)
+        self.colour = {n: self.RGB[names[(i + swap) % len(names)]] for i, n in enumerate(names)}
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        drawn = (images < 0.9).any(1, keepdim=True).float()
+        return (images * drawn).sum((2, 3)) / drawn.sum((2, 3)).clamp(min=1)
+
+    def encode_text(self, captions: list[str]):
+        from types import SimpleNamespace
+
+        names = [c.removeprefix("an emoji of ").split(", ")[0] for c in captions]
+        return SimpleNamespace(emb=torch.tensor([self.colour[n] for n in names]))
+
+
+def test_emoji_clip_figures_rank_the_right_caption(built):
+    from unclip.evaluation.emoji_clip import EmojiClipSettings, run_emoji_clip_eval
+
+    settings = EmojiClipSettings(data=str(built), batch=4)
+    report = run_emoji_clip_eval(ColourClip(), settings)
+    assert report["styles"][0] == "fluent 3d" and report["concepts"] == 3
+    for name in ("seen", "held_out"):
+        r = report[name]
+        assert r["n"] > 0 and r["top1"] == r["top5"] == r["paraphrase_top5"] == 1.0, name
+    # style-blind embeddings tie on the six style captions: the first style wins each time
+    meta = json.loads((built / "metadata.json").read_text())
+    held = [tuple(p) for p in meta["held_out"]]
+    assert report["held_out"]["style"] == sum(s == "fluent 3d" for _, s in held) / len(held)
+    wrong = run_emoji_clip_eval(ColourClip(swap=True), settings)
+    assert wrong["seen"]["top1"] == wrong["held_out"]["top1"] == 0.0  # every caption points at another concept
+
+
+def test_the_emoji_clip_suite_from_the_command_line(built, tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "clip-eval"
+    args = ["eval", "--suite", "emoji-clip", "--data", str(built), "--out", str(out), "--prompts", "3"]
+    assert cli([*args, "--checkpoint", str(tiny_pipeline_dir)]) == 0  # a cascade: its clip/
+    report = json.loads((out / "report.json").read_text())
+    assert report["seen"]["n"] == 3 and report["held_out"]["n"] == 2
+    assert report["checkpoint"].endswith("clip") and "paraphrase top-5" in (out / "report.md").read_text()
+    assert cli([*args, "--checkpoint", str(tmp_path)]) == 2
+    assert "neither a clip/ component folder nor a cascade" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from unclip.data.images import tensor_to_pil
 from unclip.diffusion.schedule import make_scheduler
 from unclip.networks.decoder import TextProj
 from unclip.pipeline import SamplingOptions, UnCLIPPipeline, load_image
-from unclip.pipeline.inputs import check_prompts, token_count
+from unclip.pipeline.inputs import check_prompts
 from unclip.pipeline.latents import slerp, text_diff_embeddings
 from unclip.pipeline.manipulate import invert_pixels, manipulation_plan
 from unclip.pipeline.sampling import decode, sample_prior, upsample
@@ -119,11 +119,11 @@ def test_prompts_are_checked(tiny_pipeline):
         with pytest.raises(ValueError, match="prompt"):
             p.generate(bad)
     # the limit is CLIP's context after tokenisation: "a" is one token, plus start and end
-    assert token_count(p.clip, "a " * 75) == 77
+    assert p.clip.token_count("a " * 75) == 77
     check_prompts(p.clip, "a " * 75)
     with pytest.raises(ValueError, match=r"prompt: .* 78 tokens .* at most 77"):
         p.generate("a " * 76)
-    assert token_count(p.clip, "unbelievably") > 1 and token_count(p.clip, "a red circle") == 5
+    assert p.clip.token_count("unbelievably") > 1 and p.clip.token_count("a red circle") == 5
 
 
 @pytest.mark.parametrize("kwargs, name", [

@@ -24,7 +24,7 @@ from unclip.config import (
     to_dict,
 )
 from unclip.networks.build import build_prior
-from unclip.networks.clip import ClipEncoder, load_open_clip_weights
+from unclip.networks.clip import ClipEncoder, external_keys, load_open_clip_weights
 from unclip.networks.decoder import Decoder
 from unclip.networks.prior import Prior
 from unclip.networks.prior_ar import ARPrior
@@ -78,7 +78,27 @@ def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | N
     ``sampler``)."""
     meta = {"component": component_name(module), "config": to_dict(module.cfg), **(extra or {})}
     buffers = {name for name, _ in module.named_buffers()}  # statistics (e.g. the AR prior's PCA basis)
-    return write_folder(folder, module.state_dict(), meta, dtype, keep=buffers)
+    external = _external(module)  # a LiT CLIP's frozen text encoder: read from its own folder
+    state = {key: value for key, value in module.state_dict().items() if key not in external}
+    return write_folder(folder, state, meta, dtype, keep=buffers)
+
+
+def _external(module: nn.Module) -> set[str]:
+    return module.external_keys() if isinstance(module, ClipEncoder) else external_keys(module)
+
+
+def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: str | Path) -> None:
+    """``load_state_dict``, strict except for the weights a component reads from elsewhere (a LiT
+    CLIP's frozen text encoder)."""
+    external = _external(module)
+    if not external:
+        module.load_state_dict(weights)
+        return
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    missing = sorted(set(missing) - external)
+    if missing or unexpected:
+        raise ValueError(f"{where}: the weights do not fit the component: missing {missing[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
 
 
 def write_folder(folder: str | Path, state: dict[str, torch.Tensor], config: dict,
@@ -125,7 +145,7 @@ def load_component(folder: str | Path, device: str | torch.device = "cpu",
     """Build the component described by ``folder/config.json`` and load its weights."""
     name, cfg = read_component_config(folder)
     module = build_component(name, cfg)
-    module.load_state_dict(read_weights(folder))  # fp16 files are cast to the module's dtype
+    load_weights(module, read_weights(folder), folder)  # fp16 files are cast to the module's dtype
     return module.to(device=device, dtype=dtype).eval()
 
 
@@ -146,7 +166,7 @@ def init_weights(module: nn.Module, folder: str | Path) -> list[str]:
         raise ValueError(f"training.init_from={folder} does not fit this run's {name}: "
                          f"unknown parameters {unknown[:5]}, different shapes {wrong[:5]}")
     module.load_state_dict(loaded, strict=False)  # cast to the module's dtype
-    return sorted(set(own) - set(loaded))
+    return sorted(set(own) - set(loaded) - _external(module))
 
 
 def load_clip(cfg: ClipConfig, device: str | torch.device = "cpu") -> ClipEncoder:

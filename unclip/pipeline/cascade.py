@@ -194,7 +194,7 @@ class UnCLIPPipeline:
 
 def _check_widths(pipe: UnCLIPPipeline) -> None:
     """The prior and the decoder read embeddings of the pipeline's CLIP: their widths must fit it."""
-    d, length = pipe.clip.embed_dim, int(pipe.clip.model.context_length)
+    d, length = pipe.clip.embed_dim, pipe.clip.context_length
     if pipe.prior is not None and (pipe.prior.cfg.embedding_dim, pipe.prior.cfg.num_embeddings) != (d, length):
         raise ValueError(f"prior: embedding_dim={pipe.prior.cfg.embedding_dim}, num_embeddings="
                          f"{pipe.prior.cfg.num_embeddings} do not fit the CLIP (D={d}, context {length})")

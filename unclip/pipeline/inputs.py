@@ -21,13 +21,6 @@ def check_count(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
-def token_count(clip: ClipEncoder, text: str) -> int:
-    """Tokens CLIP sees for ``text``, start and end tokens included (computed, not estimated)."""
-    room = 4 * len(text.encode("utf-8")) + 8  # BPE never makes more tokens than this
-    ids = clip.tokenizer([text], context_length=room)
-    return int(ids[0].argmax()) + 1  # EOT has the largest id
-
-
 def check_prompts(clip: ClipEncoder, prompts: str | Sequence[str], name: str = "prompt",
                   allow_empty: bool = False) -> list[str]:
     """The prompts as a list; each must be text, non-empty (unless ``allow_empty``) and fit the
@@ -35,13 +28,13 @@ def check_prompts(clip: ClipEncoder, prompts: str | Sequence[str], name: str = "
     items = [prompts] if isinstance(prompts, str) else list(prompts)
     if not items:
         raise ValueError(f"{name}: no prompt given")
-    limit = int(clip.model.context_length)
+    limit = clip.context_length
     for text in items:
         if not isinstance(text, str):
             raise ValueError(f"{name}: expected text, got {type(text).__name__}")
         if not text.strip() and not allow_empty:
             raise ValueError(f"{name}: the prompt is empty")
-        count = token_count(clip, text)
+        count = clip.token_count(text)
         if count > limit:
             shown = text if len(text) <= 40 else text[:37] + "..."
             raise ValueError(f"{name}: {shown!r} is {count} tokens long after tokenisation (start and end "

@@ -4,7 +4,8 @@ Per process, for ``P`` trained parameters (fp32 master weights under mixed preci
 accelerate keeps them):
 
 - weights 4P, gradients 4P, AdamW's two moments 8P, and the loop's EMA copy 4P;
-- the frozen CLIP a prior or decoder reads (fp32, every process holds it whole);
+- the frozen CLIP a prior or decoder reads, and a LiT CLIP's frozen text encoder (fp32, every
+  process holds them whole);
 - activations: the tensors the forward pass keeps for the backward pass, counted at the per-GPU
   batch by running the network's forward on PyTorch's ``meta`` device (no memory, seconds even
   for the paper's sizes), attention counted as the fused kernels keep it and, with
@@ -31,7 +32,7 @@ from torch import nn
 
 from unclip.config import ClipStageConfig, StageConfig
 from unclip.networks.build import build_network, count_parameters, enable_gradient_checkpointing, example_inputs
-from unclip.networks.clip import build_open_clip
+from unclip.networks.clip import build_open_clip, is_lit
 
 STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")
 GIB = 2**30
@@ -73,6 +74,7 @@ def plan_memory(cfg: StageConfig, *, batch: int | None = None, precision: str = 
             enable_gradient_checkpointing(network)
         frozen = count_parameters(build_open_clip(cfg.clip)) if _reads_frozen_clip(cfg) else 0
     p = trainable(network)
+    frozen += sum(q.numel() for q in network.parameters() if not q.requires_grad)  # a LiT CLIP's text encoder
     shard = {"ddp": (1, 1, 1), "zero2": (1, gpus, gpus), "zero3": (gpus, gpus, gpus), "fsdp": (gpus, gpus, gpus)}
     w, g, o = shard[strategy]
     buckets = 4 * p if strategy == "ddp" and gpus > 1 else 0
@@ -124,6 +126,11 @@ def _loss(network: nn.Module, cfg: StageConfig, args: tuple, kwargs: dict) -> to
     """A scalar of the training forward's output (the stage loss's shape of work, not its value)."""
     if isinstance(cfg, ClipStageConfig):
         image, text = args
+        if is_lit(network) and text.is_meta:
+            # the frozen encoder keeps nothing for the backward pass (and HF's masks cannot run on
+            # meta tensors): only the trained projection of its pooled states counts
+            pooled = text.new_empty((len(text), network.text.proj.in_features), dtype=torch.float32)
+            return (network.encode_image(image) @ network.text.proj(pooled).T).float().mean()
         return (network.encode_image(image) @ network.encode_text(text).T).float().mean()
     return network(*args, **kwargs).float().pow(2).mean()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
@@ -15,15 +14,16 @@ from unclip.config import ClipStageConfig, DatasetKind
 from unclip.data import build_dataset
 from unclip.evaluation.probes import relation_accuracy, relation_probe
 from unclip.networks.build import build_network
-from unclip.networks.clip import OPENAI_MEAN, OPENAI_STD, ClipEncoder
+from unclip.networks.clip import OPENAI_MEAN, OPENAI_STD, ClipEncoder, is_lit, text_tokenizer
 from unclip.training.stages.common import StageContext, StageTask, held_out_samples
 
 MONITOR_COUNT = 32  # held-out pairs for the retrieval monitor
 
 
 def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
-    model = build_network(cfg)  # open_clip.model.CLIP
-    tokenizer = open_clip.get_tokenizer(cfg.clip.name) if cfg.clip.name else open_clip.tokenize
+    model = build_network(cfg)  # open_clip.model.CLIP (CustomTextCLIP with a frozen text_model: LiT)
+    tokenizer = text_tokenizer(cfg.clip)
+    context = cfg.clip.context_length if is_lit(model) else model.context_length
     side = model.visual.image_size
     side = int(side[0] if isinstance(side, (tuple, list)) else side)
     mean = torch.tensor(OPENAI_MEAN, device=ctx.device)[:, None, None]
@@ -38,7 +38,7 @@ def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
         return ((images.clamp(-1, 1) + 1) / 2 - mean) / std
 
     def tokens(captions: list[str]) -> torch.Tensor:
-        return tokenizer(captions, context_length=model.context_length).to(ctx.device)
+        return tokenizer(captions, context_length=context).to(ctx.device)
 
     def loss(clip, batch):
         out = clip(pixels(batch["image"]), tokens(batch["caption"]))
