@@ -28,8 +28,9 @@ def test_every_scale_has_its_stage_files():
     full = {"clip", "prior", "prior_ar", "decoder", "upsampler_256", "upsampler_1024"}  # prior_ar: the AR prior
     assert stems["tiny"] == stems["shapes"] == stems["paper"] == full
     assert stems["karlo"] == full - {"upsampler_1024", "prior_ar"}  # Karlo has no 1024 stage and no AR prior
-    # the emoji cascade (issue 21) has the diffusion prior only, and a LiT CLIP beside its own
-    assert stems["emoji"] == full - {"prior_ar"} | {"clip_lit"}
+    # the emoji cascade (issue 21) has the diffusion prior only, and the from-scratch CLIP it measured
+    # beside its LiT one
+    assert stems["emoji"] == full - {"prior_ar"} | {"clip_scratch"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -95,14 +96,14 @@ def test_enums_parse_from_values():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_each_config_names_its_own_stage(path):
     """A stage file says which stage it configures; the file name is not read, but agrees
-    (``prior_ar.yaml``: the prior stage, of the autoregressive kind; ``clip_lit.yaml``: the CLIP
-    stage with a frozen pretrained text encoder)."""
+    (``prior_ar.yaml``: the prior stage, of the autoregressive kind; ``clip_scratch.yaml``: the CLIP
+    stage, both towers trained)."""
     cfg = load_stage_config(path)
     assert isinstance(cfg.stage, Stage)
     if path.stem == "prior_ar":
         assert cfg.stage == "prior" and cfg.prior.kind is PriorKind.autoregressive
-    elif path.stem == "clip_lit":
-        assert cfg.stage == "clip" and cfg.clip.text_model
+    elif path.stem == "clip_scratch":
+        assert cfg.stage == "clip" and not cfg.clip.text_model
     else:
         assert cfg.stage == path.stem
 

@@ -319,6 +319,24 @@ def test_upscale_runs_only_the_stages_above_the_image(tiny_pipeline, monkeypatch
         tiny_pipeline.upscale(Image.new("RGB", (40, 20)))
 
 
+def test_a_folder_of_upsamplers_alone_upscales_but_makes_no_images(tiny_pipeline, tmp_path):
+    """A cascade shipped stage by stage (checkpoints/emoji while its decoder trains): CLIP and
+    upsamplers, no prior or decoder."""
+    from unclip.pipeline import UnCLIPPipeline
+
+    partial = UnCLIPPipeline(tiny_pipeline.clip, None, None, dict(tiny_pipeline.upsamplers))
+    assert partial.sizes == [32, 64, 128]  # from the first upsampler's input side
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    loaded = UnCLIPPipeline.from_pretrained(partial.save_pretrained(tmp_path / "partial"))
+    assert loaded.upscale(image, size=64, steps=1, seed=0, progress=False).size == (64, 64)
+    with pytest.raises(ValueError, match="size: 96 is not supported by this pipeline; it makes 32, 64, 128"):
+        loaded.upscale(image, size=96)
+    with pytest.raises(ValueError, match="no prior/|no decoder/"):
+        loaded.generate("a red circle", steps=1)
+    with pytest.raises(ValueError, match="no decoder/"):
+        loaded.variations(image, steps=1)
+
+
 def test_upscale_from_the_cli(tmp_path, capsys):
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
     (tmp_path / "text.png").write_text("not an image")

@@ -51,7 +51,7 @@ def _settings(args: argparse.Namespace):
     from unclip.evaluation.report import EvalSettings
 
     if args.prompts is None:
-        args.prompts = 300 if args.suite == "emoji" else 200
+        args.prompts = 300 if args.suite.startswith("emoji") else 200
     counts = dict(prompts=args.prompts, fid_images=args.fid_images, detector_scenes=args.detector_scenes,
                   prior_captions=args.prior_captions, variation_images=args.variation_images,
                   interpolations=args.interpolations, batch=args.batch)

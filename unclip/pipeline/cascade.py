@@ -103,10 +103,10 @@ class UnCLIPPipeline:
 
     @property
     def sizes(self) -> list[int]:
-        """Output sides this pipeline can make: the decoder's, then each upsampler's in turn."""
-        reachable = takewhile(self.upsamplers.__contains__, UPSAMPLERS)  # no 1024 stage without the 256 one
-        ups = [self.upsamplers[s].cfg.sample_size for s in reachable]
-        return [self.decoder.cfg.sample_size, *ups] if self.decoder else []
+        """Sides of the cascade: the decoder's (else the first upsampler's input), then the upsamplers'."""
+        ups = [self.upsamplers[s].cfg for s in takewhile(self.upsamplers.__contains__, UPSAMPLERS)]
+        base = [self.decoder.cfg.sample_size] if self.decoder else [ups[0].low_res_size] if ups else []
+        return [*base, *(up.sample_size for up in ups)]
 
     @property
     def default_size(self) -> int:
@@ -127,7 +127,7 @@ class UnCLIPPipeline:
             raise ValueError(f"missing component: this pipeline has no {stage}/, which {purpose} needs")
 
     def check_size(self, size: int | None) -> int:
-        if not self.sizes:
+        if self.decoder is None:
             raise ValueError("missing component: this pipeline has no decoder/, so it makes no images")
         if size is None:
             return self.default_size

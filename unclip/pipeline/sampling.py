@@ -140,7 +140,9 @@ def upscale(pipe, image: ImageInput, options: SamplingOptions) -> Image.Image:
     image = load_image(image)
     if not pipe.upsamplers:
         raise ValueError("missing component: this pipeline has no upsampler, so it cannot upscale")
-    size = pipe.check_size(options.size if options.size is not None else pipe.sizes[-1])
+    size = options.size if options.size is not None else pipe.sizes[-1]
+    if size not in pipe.sizes:
+        raise ValueError(f"size: {size} is not supported by this pipeline; it makes {', '.join(map(str, pipe.sizes))}")
     start = max([s for s in pipe.sizes if s <= max(image.size[0], pipe.sizes[0])])
     if size <= start:
         raise ValueError(f"size: {size} is not above the image's side in this cascade ({start}); upscaling "

@@ -88,7 +88,7 @@ class Worker:
 
     def source_side(self, side: int) -> int:
         sizes = self.pipe.sizes
-        if not sizes:
+        if self.pipe.decoder is None:
             raise ValueError("missing component: the served pipeline has no decoder, so it makes no images")
         large_enough = [s for s in sizes if s >= side]
         return min(large_enough) if large_enough else max(sizes)
