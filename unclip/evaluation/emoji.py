@@ -236,16 +236,21 @@ def interpolations(pipe, seen: list[tuple[str, str]], root: Path, settings: Emoj
     return interpolation_figures(pipe, images, settings.frames, settings.steps, settings.seed)
 
 
+def read_metadata(root: Path) -> dict:
+    """``root/metadata.json``, with a message naming the folder when it is not an emoji data folder."""
+    path = root / "metadata.json"
+    if not path.is_file():
+        raise ValueError(f"--data {root}: not an emoji data folder (no metadata.json); build one with "
+                         "`unclip data emoji --out DIR`")
+    return json.loads(path.read_text())
+
+
 def run_emoji_eval(pipe, settings: EmojiEvalSettings, *, features: Features | None = None) -> dict:
     """All the emoji figures as a JSON-ready dict."""
     from unclip.evaluation.fid import InceptionFeatures
 
     root = Path(settings.data)
-    meta_path = root / "metadata.json"
-    if not meta_path.is_file():
-        raise ValueError(f"--data {root}: not an emoji data folder (no metadata.json); build one with "
-                         "`unclip data emoji --out DIR`")
-    meta = json.loads(meta_path.read_text())
+    meta = read_metadata(root)
     features = features or InceptionFeatures(pipe.device)
     found = gallery(root, pipe.sizes[0], features, batch=settings.batch)
     pairs = prompt_pairs(meta, found, settings.prompts, settings.seed)

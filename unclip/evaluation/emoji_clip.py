@@ -14,7 +14,6 @@ captions by cosine of the CLIP embeddings:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from unclip.data.emoji import caption
-from unclip.evaluation.emoji import Gallery, _all_renders, _renders, prompt_pairs
+from unclip.evaluation.emoji import Gallery, _all_renders, _renders, prompt_pairs, read_metadata
 from unclip.evaluation.report import in_batches
 
 PARAPHRASE = "an emoji of {}"
@@ -59,11 +58,7 @@ def _rank_hits(image: torch.Tensor, text: torch.Tensor, right: list[int]) -> tup
 def run_emoji_clip_eval(clip, settings: EmojiClipSettings) -> dict:
     """The zero-shot figures of ``clip`` (a ClipEncoder) as a JSON-ready dict."""
     root = Path(settings.data)
-    meta_path = root / "metadata.json"
-    if not meta_path.is_file():
-        raise ValueError(f"--data {root}: not an emoji data folder (no metadata.json); build one with "
-                         "`unclip data emoji --out DIR`")
-    meta = json.loads(meta_path.read_text())
+    meta = read_metadata(root)
     names = meta["annotations"]
     index = _index(root, clip.image_size)
     pairs = prompt_pairs(meta, index, settings.prompts, settings.seed)
