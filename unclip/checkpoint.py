@@ -78,19 +78,15 @@ def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | N
     ``sampler``)."""
     meta = {"component": component_name(module), "config": to_dict(module.cfg), **(extra or {})}
     buffers = {name for name, _ in module.named_buffers()}  # statistics (e.g. the AR prior's PCA basis)
-    external = _external(module)  # a LiT CLIP's frozen text encoder: read from its own folder
+    external = external_keys(module)  # a LiT CLIP's frozen text encoder: read from its own folder
     state = {key: value for key, value in module.state_dict().items() if key not in external}
     return write_folder(folder, state, meta, dtype, keep=buffers)
-
-
-def _external(module: nn.Module) -> set[str]:
-    return module.external_keys() if isinstance(module, ClipEncoder) else external_keys(module)
 
 
 def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: str | Path) -> None:
     """``load_state_dict``, strict except for the weights a component reads from elsewhere (a LiT
     CLIP's frozen text encoder)."""
-    external = _external(module)
+    external = external_keys(module)
     if not external:
         module.load_state_dict(weights)
         return
@@ -166,7 +162,7 @@ def init_weights(module: nn.Module, folder: str | Path) -> list[str]:
         raise ValueError(f"training.init_from={folder} does not fit this run's {name}: "
                          f"unknown parameters {unknown[:5]}, different shapes {wrong[:5]}")
     module.load_state_dict(loaded, strict=False)  # cast to the module's dtype
-    return sorted(set(own) - set(loaded) - _external(module))
+    return sorted(set(own) - set(loaded) - external_keys(module))
 
 
 def load_clip(cfg: ClipConfig, device: str | torch.device = "cpu") -> ClipEncoder:

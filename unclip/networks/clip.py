@@ -144,12 +144,21 @@ def is_lit(model: nn.Module) -> bool:
     return isinstance(getattr(model, "text", None), open_clip.hf_model.HFTextEncoder)
 
 
-def external_keys(model: nn.Module, prefix: str = "") -> set[str]:
-    """State-dict keys of the frozen pretrained text encoder (``text_model``): read from its own
-    folder, never written to our checkpoints."""
-    if not is_lit(model):
+def external_keys(module: nn.Module) -> set[str]:
+    """State-dict keys of a LiT CLIP's frozen pretrained text encoder (``text_model``), in a
+    ClipEncoder or in the bare open_clip model the CLIP stage trains: read from the encoder's own
+    folder, never written to our checkpoints. Empty for every other module."""
+    if isinstance(module, ClipEncoder):
+        return {f"model.{key}" for key in external_keys(module.model)}
+    if not is_lit(module):
         return set()
-    return {f"{prefix}text.transformer.{key}" for key in model.text.transformer.state_dict()}
+    return {f"text.transformer.{key}" for key in module.text.transformer.state_dict()}
+
+
+def context_length(cfg: ClipConfig, model: nn.Module) -> int:
+    """L, the token positions of every caption: the config's for a LiT CLIP (its encoder allows
+    more), else the open_clip model's."""
+    return cfg.context_length if is_lit(model) else int(model.context_length)
 
 
 def text_tokenizer(cfg: ClipConfig):
@@ -196,7 +205,7 @@ class ClipEncoder(nn.Module):
     @property
     def context_length(self) -> int:
         """L, the token positions of every caption."""
-        return self.cfg.context_length if self.lit else int(self.model.context_length)
+        return context_length(self.cfg, self.model)
 
     @property
     def image_size(self) -> int:
@@ -206,10 +215,6 @@ class ClipEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    def external_keys(self) -> set[str]:
-        """Weights that come from ``cfg.text_model``'s folder, not from our checkpoints."""
-        return external_keys(self.model, prefix="model.")
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """(B, L) token ids, zero-padded; BPE: SOT + BPE + EOT, EOT forced on truncation."""

@@ -14,7 +14,7 @@ from unclip.config import ClipStageConfig, DatasetKind
 from unclip.data import build_dataset
 from unclip.evaluation.probes import relation_accuracy, relation_probe
 from unclip.networks.build import build_network
-from unclip.networks.clip import OPENAI_MEAN, OPENAI_STD, ClipEncoder, is_lit, text_tokenizer
+from unclip.networks.clip import OPENAI_MEAN, OPENAI_STD, ClipEncoder, context_length, text_tokenizer
 from unclip.training.stages.common import StageContext, StageTask, held_out_samples
 
 MONITOR_COUNT = 32  # held-out pairs for the retrieval monitor
@@ -23,7 +23,7 @@ MONITOR_COUNT = 32  # held-out pairs for the retrieval monitor
 def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
     model = build_network(cfg)  # open_clip.model.CLIP (CustomTextCLIP with a frozen text_model: LiT)
     tokenizer = text_tokenizer(cfg.clip)
-    context = cfg.clip.context_length if is_lit(model) else model.context_length
+    context = context_length(cfg.clip, model)
     side = model.visual.image_size
     side = int(side[0] if isinstance(side, (tuple, list)) else side)
     mean = torch.tensor(OPENAI_MEAN, device=ctx.device)[:, None, None]
