@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], help="default: the upsampler's own")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -56,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.data}: the {low} and {args.size} splits hold different images at {i}")
         source = tensor_to_pil(small[i]["image"][None])[0]
         real = np.asarray(tensor_to_pil(large[i]["image"][None])[0])
-        ours = np.asarray(pipe.upscale(source, size=args.size, steps=args.steps, seed=args.seed + k, progress=False))
+        ours = np.asarray(pipe.upscale(source, size=args.size, steps=args.steps, sampler=args.sampler,
+                                       seed=args.seed + k, progress=False))
         bicubic = np.asarray(source.resize((args.size, args.size), Image.Resampling.BICUBIC))
         rows.append((psnr(ours, real), psnr(bicubic, real), background_std(ours, real), background_std(real, real)))
     ours, bicubic, grain, real_grain = (float(np.mean(col)) for col in zip(*rows))
-    result = {"images": len(rows), "size": args.size, "psnr": ours, "bicubic_psnr": bicubic,
+    result = {"images": len(rows), "size": args.size, "steps": args.steps, "sampler": args.sampler, "psnr": ours,
+              "bicubic_psnr": bicubic,
               "background_std": grain, "real_background_std": real_grain}
     print(f"{low}→{args.size} on {len(rows)} held-out renders: PSNR {ours:.2f} dB (bicubic {bicubic:.2f} dB); "
           f"background std {grain:.2f} (real {real_grain:.2f})")

@@ -32,3 +32,27 @@ def test_the_sampling_bench_runs_on_the_shipped_cascade_and_says_why_rows_are_mi
     assert not any("same samplers" in r["label"] or r["label"].startswith("diffusers") for r in rows)
     assert {r["label"].split("→")[1].strip() for r in rows} == {"256", "1024"}
     assert all(r["seconds"] > 0 and r["ratio"] is None for r in rows)
+
+
+def test_the_server_bench_reports_every_burst_on_tiny_weights():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "serve.py"), "--random-from", "configs/tiny",
+                             "--concurrency", "1", "2", "--max-batch", "2", "--requests", "3", "--steps", "1",
+                             "--json"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])["rows"]
+    assert [(r["max_batch"], r["concurrency"], r["requests"]) for r in rows] == [(2, 1, 3), (2, 2, 3)]
+    for r in rows:
+        assert abs(r["images_per_s"] - 3 / r["seconds"]) < 1e-9 and 0 < r["median_latency_s"] <= r["seconds"]
+
+
+def test_the_training_peer_bench_times_unclip_beside_diffusers_blocks_and_says_why_dalle2_is_missing():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "train_peers.py"), "--models", "prior",
+                             "--precisions", "fp32", "--steps", "1", "--json"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(no DALLE2-pytorch rows: pass --peer-python" in result.stdout
+    rows = {r["impl"]: r for r in json.loads(result.stdout.strip().splitlines()[-1])["rows"]}
+    assert set(rows) == {"unclip", "diffusers blocks"} and rows["unclip"]["ratio"] is None
+    assert abs(rows["unclip"]["params"] - rows["diffusers blocks"]["params"]) / rows["unclip"]["params"] < 0.01
+    peer = rows["diffusers blocks"]
+    assert abs(peer["ratio"] - peer["samples_per_s"] / rows["unclip"]["samples_per_s"]) < 1e-9
