@@ -155,8 +155,10 @@ def dalle2_case(model: str, batch: dict):
         return net, lambda: net(text_embed=batch["text_emb"], image_embed=batch["image_emb"],
                                 text_encodings=batch["text_tokens"])
     channels, layers = DECODERS[model]
+    # cond_dim below the embedding width: with cond_dim == image_embed_dim, 1.15.6 skips its projection
+    # to four image tokens and then fails on the null embedding's shape
     unet = Unet(dim=channels[0], dim_mults=tuple(c // channels[0] for c in channels), num_resnet_blocks=layers,
-                image_embed_dim=WIDTH, text_embed_dim=WIDTH, cond_dim=channels[-1], cond_on_text_encodings=True,
+                image_embed_dim=WIDTH, text_embed_dim=WIDTH, cond_dim=128, cond_on_text_encodings=True,
                 cond_on_image_embeds=True, max_text_len=TOKENS, attn_dim_head=HEAD_DIM,
                 attn_heads=channels[-1] // HEAD_DIM)
     net = Decoder(unet, image_size=SIDE, timesteps=1000, learned_variance=True, auto_normalize_img=False)
