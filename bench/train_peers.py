@@ -80,7 +80,7 @@ def inputs(model: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
 # unclip and diffusers, in this process
 
 def unclip_case(model: str, batch: dict):
-    from unclip.config import DecoderConfig, DiffusionConfig, Prediction, PriorConfig, Variance
+    from unclip.config import DecoderConfig, DecoderStageConfig, PriorConfig, PriorStageConfig
     from unclip.diffusion.losses import GaussianDiffusion
     from unclip.networks.clip import TextEncoding
     from unclip.networks.decoder import Decoder
@@ -94,13 +94,13 @@ def unclip_case(model: str, batch: dict):
     if model == "prior":
         net = Prior(PriorConfig(num_attention_heads=WIDTH // 64, attention_head_dim=64, num_layers=6,
                                 embedding_dim=WIDTH, num_embeddings=TOKENS, text_drop=0.1))
-        diffusion = GaussianDiffusion(DiffusionConfig(prediction=Prediction.x0, variance=Variance.fixed_small))
+        diffusion = GaussianDiffusion(PriorStageConfig().diffusion)  # the stage's own loss, as unclip trains
         return net, lambda: prior_loss(net, diffusion, image_emb=batch["image_emb"], text=text, empty=empty)["loss"]
     channels, layers = DECODERS[model]
     net = Decoder(DecoderConfig(sample_size=SIDE, block_out_channels=list(channels), layers_per_block=layers,
                                 attention_resolutions=[16, 8], attention_head_dim=HEAD_DIM,
                                 cross_attention_dim=channels[-1], clip_embeddings_dim=WIDTH))
-    diffusion = GaussianDiffusion(DiffusionConfig(), vlb_weight=net.cfg.vlb_weight)
+    diffusion = GaussianDiffusion(DecoderStageConfig().diffusion, vlb_weight=net.cfg.vlb_weight)  # + VLB term
     return net, lambda: decoder_loss(net, diffusion, images=batch["images"], image_emb=batch["image_emb"],
                                      text=text, empty=empty)["loss"]
 

@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((psnr(ours, real), psnr(bicubic, real), background_std(ours, real), background_std(real, real)))
     ours, bicubic, grain, real_grain = (float(np.mean(col)) for col in zip(*rows))
     result = {"images": len(rows), "size": args.size, "steps": args.steps, "sampler": args.sampler, "psnr": ours,
-              "bicubic_psnr": bicubic,
-              "background_std": grain, "real_background_std": real_grain}
+              "bicubic_psnr": bicubic, "background_std": grain, "real_background_std": real_grain}
     print(f"{low}→{args.size} on {len(rows)} held-out renders: PSNR {ours:.2f} dB (bicubic {bicubic:.2f} dB); "
           f"background std {grain:.2f} (real {real_grain:.2f})")
     print(json.dumps(result))
