@@ -10,8 +10,10 @@ and run Karlo's default steps (prior 25, decoder 25, upsampler 7) at batch 1 and
 rows are like for like (UnCLIPScheduler everywhere, one prior sample per image, text → the first
 upsampler's size); the others show unclip's own defaults (ancestral DDPM, best of 2 prior samples),
 DPM-Solver++ with fewer steps, bf16 autocast and the second upsampler where one exists. Each
-figure is the best of ``--repeats`` rounds (rows interleaved) after one warm-up run. Not a test; needs
-transformers for the diffusers side (skipped with a note otherwise).
+figure is the best of ``--repeats`` rounds (rows interleaved) after one warm-up run. ``--compile``
+compiles unclip's networks (``torch.compile``, ``unclip.pipeline.compiled``; diffusers' pipeline
+calls the inner UNets and stays eager) and prints each row's first call, which pays the compile
+time, apart. Not a test; needs transformers for the diffusers side (skipped with a note otherwise).
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ def main() -> int:
                         help="sampling steps (default Karlo's: 25 25 7)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    parser.add_argument("--compile", action="store_true", help="torch.compile unclip's networks (opt-in)")
     parser.add_argument("--json", action="store_true",
                         help='end with one line {"rows": [{"label", "batch", "seconds", "ratio"}, ...]}')
     args = parser.parse_args()
@@ -125,12 +128,17 @@ def main() -> int:
     print(f"steps prior/decoder/upsampler = {steps['prior']}/{steps['decoder']}/{steps['upsampler']}, guidance "
           f"{GUIDANCE['prior']}/{GUIDANCE['decoder']}; best of {args.repeats} interleaved rounds after a warm-up\n")
     rows = build_rows(pipe, device, steps, not args.no_bf16)
+    if args.compile:
+        from unclip.pipeline.compiled import compile_networks
+
+        print(f"compiled: {', '.join(compile_networks(pipe))} (unclip rows only)\n")
 
     # rows interleaved within each round, best of the rounds: robust to other load on the machine
     seconds: dict[tuple[str, int], list[float]] = {}
+    first: dict[tuple[str, int], float] = {}
     for batch in args.batches:
-        for label, fn in rows:
-            fn(batch)  # warm-up: kernel selection, allocator, caches
+        for label, fn in rows:  # warm-up: kernel selection, allocator, caches (and compiling)
+            first[label, batch] = timed(lambda fn=fn, batch=batch: fn(batch), device)
         for _ in range(args.repeats):
             for label, fn in rows:
                 seconds.setdefault((label, batch), []).append(timed(lambda fn=fn, batch=batch: fn(batch), device))
@@ -146,6 +154,10 @@ def main() -> int:
         print(f"{label:38}" + "".join(f"{c:>22}" for c in cells))
     if reference:
         print("\n(×) = unclip's time / diffusers' time at the same batch: below 1 is faster")
+    if args.compile:
+        print("\nfirst call (warm-up; compiling on the unclip rows):")
+        for label, _ in rows:
+            print(f"{label:38}" + "".join(f"{first[label, b]:19.1f} s" for b in args.batches))
     if args.json:
         print(json.dumps({"rows": table}))
     return 0

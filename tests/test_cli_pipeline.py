@@ -29,6 +29,36 @@ def test_generate_writes_pngs_and_a_grid(capsys, tiny_pipeline_dir, tmp_path):
     assert Image.open(expected[0]).size == (64, 64) and Image.open(expected[2]).size == (128, 64)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_generate_is_bf16_by_default_only_where_the_cpu_has_bf16_units(capsys, tiny_pipeline, tiny_pipeline_dir,
+                                                                      tmp_path, monkeypatch, fast):
+    """--precision auto (the default) is bf16 autocast on a CPU with AVX512-BF16 or AMX, fp32 elsewhere;
+    --precision fp32 / bf16 choose. Each CLI image equals the library's at that precision."""
+    import numpy as np
+    import torch
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: fast, raising=False)
+
+    def cli(*extra):
+        out = tmp_path / "-".join(extra or ("default",))
+        code, lines, _ = run_cli(capsys, "generate", "a red circle", "--size", 32, "--seed", 3, *FAST, *extra,
+                                 "--out", out, "--checkpoint", tiny_pipeline_dir)
+        assert code == 0
+        return np.asarray(Image.open(lines[0]))
+
+    def library(precision):
+        image = tiny_pipeline.generate("a red circle", size=32, seed=3, steps={"prior": 2, "decoder": 2}, progress=False,
+                                       precision=precision)[0]
+        return np.asarray(image)
+
+    fp32, bf16 = library("fp32"), library("bf16")
+    assert not np.array_equal(fp32, bf16)  # the two precisions are told apart
+    assert np.array_equal(cli("--precision", "fp32"), fp32)
+    assert np.array_equal(cli("--precision", "bf16"), bf16)
+    assert np.array_equal(cli(), bf16 if fast else fp32)
+
+
 def test_generate_with_random_weights_says_so(capsys, tmp_path):
     code, lines, err = run_cli(capsys, "generate", "a blue square", "--size", 32, *FAST, "--sampler", "ddim",
                                "--guidance", 3, "--out", tmp_path, "--random-from", TINY_CONFIGS)

@@ -296,3 +296,53 @@ def test_the_shipped_ar_prior_samples_seen_captions_close_to_their_renders():
     own = torch.nn.functional.cosine_similarity(z, true).mean()
     other = torch.nn.functional.cosine_similarity(z, true.roll(1, 0)).mean()
     assert own > 0.7 and own > other + 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# ordered bucket tables (prior.bucket_features)
+
+
+def _one_step_on_bucket(prior: ARPrior, target: int) -> torch.Tensor:
+    """Head logits of one fixed input before and after an SGD step towards bucket ``target``: (2, buckets)."""
+    h = torch.randn(1, prior.head.weight.shape[1], generator=torch.Generator().manual_seed(0))
+
+    def logits():
+        return h @ prior.head.weight.T
+
+    before = logits().detach()
+    torch.nn.functional.cross_entropy(logits(), torch.tensor([target])).backward()
+    with torch.no_grad():
+        for p in (p for p in prior.head.parameters() if p.grad is not None):  # a free head's bias is unused
+            p -= 0.5 * p.grad
+    return torch.cat([before, logits().detach()])
+
+
+def test_bucket_features_let_a_target_teach_its_neighbours_and_free_buckets_do_not():
+    target = 30  # of the tiny config's 64 buckets
+    free = _one_step_on_bucket(fitted(bucket_features=0), target)
+    ordered = _one_step_on_bucket(fitted(bucket_features=8), target)
+    gain_free, gain_ordered = free[1] - free[0], ordered[1] - ordered[0]
+    assert gain_free[target] > 0 and gain_ordered[target] > 0
+    neighbours = [target - 2, target - 1, target + 1, target + 2]
+    assert (gain_free[neighbours] < 0).all()  # unrelated classes: pushed down like every other bucket
+    assert (gain_ordered[neighbours] > 0).all()  # ordered levels: the neighbours learn too
+    far = gain_ordered[(torch.arange(len(gain_ordered)) - target).abs() > 16]
+    assert gain_ordered[neighbours].min() > far.abs().max()  # ... and more than distant buckets move
+
+
+def test_a_prior_with_bucket_features_saves_loads_and_samples_the_same(tmp_path):
+    prior = fitted(bucket_features=8)
+    width = prior.cfg.num_attention_heads * prior.cfg.attention_head_dim
+    assert prior.code_embed.weight.shape == (prior.cfg.buckets, width)
+    assert prior.dot_embed.weight.shape[0] == prior.cfg.buckets + 1  # plus the dropped caption's token
+    adjacent = torch.nn.functional.cosine_similarity(prior.code_embed.weight[:-1], prior.code_embed.weight[1:])
+    assert adjacent.mean() > 0.9  # neighbouring levels embed alike
+    save_component(prior, tmp_path / "prior_ar", dtype=torch.float16)
+    loaded = load_component(tmp_path / "prior_ar").float()
+    assert loaded.cfg.bucket_features == 8
+    text, empty = text_encoding(prior, 3), text_encoding(prior, 1, seed=9)
+    for p in prior.parameters():  # the fp16 export rounds the weights (and keeps the statistics exact)
+        p.data = p.data.half().float()
+    z = sample_ar_prior(prior, text, empty, 2.0, torch.Generator().manual_seed(1), progress=False)
+    z_loaded = sample_ar_prior(loaded, text, empty, 2.0, torch.Generator().manual_seed(1), progress=False)
+    torch.testing.assert_close(z_loaded, z)

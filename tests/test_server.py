@@ -316,6 +316,14 @@ def test_neutral_fields_from_newer_clients_are_accepted(server):
     assert len(response.json()["data"]) == 1
 
 
+def test_the_server_samples_at_its_precision(tiny_pipeline):
+    with pytest.raises(ValueError, match="precision"):
+        create_app(tiny_pipeline, steps=1, model_name=MODEL, precision="fp16")
+    worker = create_app(tiny_pipeline, steps=1, model_name=MODEL, precision="bf16").state.worker
+    options = worker.options(64)
+    assert options.precision == "bf16" and options.size == 64 and options.steps == 1
+
+
 def test_a_server_fault_is_a_500_without_traceback_and_not_retried(tiny_pipeline):
     app = create_app(tiny_pipeline, steps=1, model_name=MODEL)
 

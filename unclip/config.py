@@ -141,6 +141,11 @@ class PriorConfig:
     # a Gaussian of this many buckets, so that a near miss costs less than a far one and the
     # prior can generalise between captions (0 = the paper's one-hot cross-entropy).
     bucket_sigma: float = 0.0
+    # The bucket embeddings (codes' and ⟨z_i, z_t⟩'s inputs, the output head): 0 = one free vector per
+    # bucket; N > 0 = a learned projection of N sine/cosine pairs of each bucket's position, so that
+    # neighbouring buckets share weights and buckets no training target fell in are still predicted
+    # (``unclip.networks.prior_ar.BucketTable``).
+    bucket_features: int = 0
 
 
 @dataclass

@@ -52,6 +52,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, guidance_stages: 
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--watermark", action="store_true",
                         help="draw DALL·E 2's five-colour signature in each image's bottom-right corner")
+    add_precision_argument(parser)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto (default): bf16 autocast where the device has bf16 matrix units (a CUDA GPU "
+                             "with bf16, a CPU with AVX512-BF16 or AMX), else fp32")
 
 
 def add_filter_argument(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +133,8 @@ def sampling_options(args: argparse.Namespace, guided: tuple[str, ...]):
     samplers = [tuple(s.split("=", 1)) if "=" in s else (None, s) for s in getattr(args, "sampler", None) or []]
     return SamplingOptions(size=args.size, seed=args.seed, steps=stage_values(args.steps, SAMPLED_STAGES),
                            guidance=stage_values(args.guidance, guided),
-                           sampler=stage_values(samplers, SAMPLED_STAGES), progress=not args.quiet)
+                           sampler=stage_values(samplers, SAMPLED_STAGES), progress=not args.quiet,
+                           precision=args.precision)
 
 
 def signed(args: argparse.Namespace, images: list) -> list:

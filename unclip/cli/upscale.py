@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--watermark", action="store_true",
                         help="draw DALL·E 2's five-colour signature in the bottom-right corner")
+    common.add_precision_argument(parser)
     common.add_pipeline_arguments(parser)
 
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     image = load_image(args.image)
     options = SamplingOptions(size=args.size, steps=common.stage_values(args.steps, UPSAMPLERS), seed=args.seed,
-                              progress=not args.quiet)
+                              progress=not args.quiet, precision=args.precision)
     result = common.load_pipeline(args).upscale(image, options)
     stem = common.slug(Path(args.image).stem) + f"-{result.size[0]}"
     common.write_images(common.signed(args, [result]), args.out, stem)

@@ -17,11 +17,22 @@ guidance) the token is a null index.
 
 The PCA basis and the quantisation ranges are set once from training data (``set_stats``),
 stored as buffers with the weights and never trained.
+
+The buckets are ordered levels, but one free embedding per bucket (the default) treats them as
+unrelated classes: a bucket that no training target fell in is never learned, so a caption whose
+codes fall between those of the captions seen (a new colour–shape pair) cannot be answered.
+``bucket_features: N`` makes every bucket table (the inputs of codes and of the ⟨z_i, z_t⟩ token,
+and the output head) a learned projection of N sine/cosine pairs of the bucket's position
+(``BucketTable``): neighbouring buckets share their weights, and the logits are a smooth
+(band-limited) function of the level.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unclip.config import PriorConfig
@@ -45,14 +56,14 @@ class ARPrior(nn.Module):
         self.register_buffer("dot_range", torch.tensor([-1.0, 1.0]))
         self.text_in = nn.Linear(d, width)
         self.text_emb_in = nn.Linear(d, width)
-        self.dot_embed = nn.Embedding(v + 1, width)  # index v: no caption (dropped text)
-        self.code_embed = nn.Embedding(v, width)
+        self.dot_embed = bucket_table(v, width, cfg.bucket_features, extra=1)  # index v: no caption (dropped text)
+        self.code_embed = bucket_table(v, width, cfg.bucket_features)
         self.position = nn.Parameter(torch.randn(cfg.num_embeddings + 2 + d, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, cfg.num_attention_heads, 4 * width, cfg.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, v)
+        self.head = nn.Linear(width, v) if not cfg.bucket_features else BucketTable(v, width, cfg.bucket_features)
 
     @property
     def null_dot(self) -> int:
@@ -129,7 +140,39 @@ class ARPrior(nn.Module):
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
         pad = torch.cat([~text_mask.bool(), text_mask.new_zeros(len(x), n - text_mask.shape[1], dtype=torch.bool)], 1)
         x = self.blocks(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
-        return self.head(self.norm(x[:, prefix.shape[1] - 2:]))
+        out = self.norm(x[:, prefix.shape[1] - 2:])
+        return out @ self.head.weight.T if isinstance(self.head, BucketTable) else self.head(out)
+
+
+class BucketTable(nn.Module):
+    """Vectors (width) of ``buckets`` ordered levels, as a learned linear map of fixed features of
+    each level's position p ∈ (0, 1): sin(kπp), cos(kπp) for k = 1 … ``features``. Indices past the
+    levels (``extra``, e.g. the dropped caption's dot token) get free vectors. Used as an embedding
+    (``table(index)``) or, through ``weight`` (buckets, width), as an output head."""
+
+    def __init__(self, buckets: int, width: int, features: int, extra: int = 0):
+        super().__init__()
+        position = (torch.arange(buckets) + 0.5) / buckets
+        angle = position[:, None] * torch.arange(1, features + 1) * math.pi
+        self.register_buffer("basis", torch.cat([angle.sin(), angle.cos()], dim=1), persistent=False)
+        self.project = nn.Linear(2 * features, width, bias=False)
+        nn.init.normal_(self.project.weight, std=1 / (2 * features))  # rows of std ≈ 1 / √(4·features)
+        self.extra = nn.Parameter(torch.randn(extra, width) * 0.02)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.project(self.basis.to(self.project.weight.dtype)), self.extra])
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return F.embedding(index, self.weight)
+
+
+def bucket_table(levels: int, width: int, features: int, extra: int = 0) -> nn.Module:
+    """An embedding of ``levels`` ordered levels plus ``extra`` other indices: free vectors
+    (``features`` 0) or a ``BucketTable``."""
+    if not features:
+        return nn.Embedding(levels + extra, width)
+    return BucketTable(levels, width, features, extra)
 
 
 def _widened(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,7 @@ def create_app(pipeline: UnCLIPPipeline, *, api_key: str | None = None, max_queu
                image_ttl_s: float = 3600, model_name: str = "unclip", steps: StageValue = None,
                max_batch: int = 10, eta: float = 1.0, resample: int = 0, image_dir: str | Path | None = None,
                public_url: str | None = None, prompt_filter: PromptFilter | None = None,
-               watermark: bool = False) -> FastAPI:
+               watermark: bool = False, precision: str = "fp32") -> FastAPI:
     """The server for ``pipeline``.
 
     ``api_key``: required as ``Authorization: Bearer`` on ``/v1`` when set. ``max_queue``: requests
@@ -54,12 +54,14 @@ def create_app(pipeline: UnCLIPPipeline, *, api_key: str | None = None, max_queu
     edits. ``image_dir``: where URL images live (default: a temporary folder). ``public_url``: the
     base of the returned URLs (default: the request's own host). ``prompt_filter``: flagged prompts
     are answered 400 with code ``content_policy_violation`` (default: none). ``watermark``: DALL·E
-    2's signature on every image.
+    2's signature on every image. ``precision``: as ``SamplingOptions.precision`` (``unclip serve``
+    passes "auto").
     """
     pipeline.plan([s for s in SAMPLED_STAGES if pipeline.component(s) is not None], steps=steps)  # a bad `steps` fails now
     store = ImageStore(image_dir, image_ttl_s)
     queue = WorkQueue(max_queue=max_queue, max_batch=max_batch)
-    worker = Worker(pipeline, store, steps=steps, eta=eta, resample=resample, watermark=watermark)
+    worker = Worker(pipeline, store, steps=steps, eta=eta, resample=resample, watermark=watermark,
+                    precision=precision)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

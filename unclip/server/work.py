@@ -82,9 +82,14 @@ class Worker:
     and takes a list of tasks (a batch), returning one ``Result`` per task."""
 
     def __init__(self, pipe: UnCLIPPipeline, store: ImageStore, *, steps: StageValue = None, eta: float = 1.0,
-                 resample: int = 0, watermark: bool = False):
+                 resample: int = 0, watermark: bool = False, precision: str = "fp32"):
         self.pipe, self.store = pipe, store
         self.steps, self.eta, self.resample, self.watermark = steps, eta, resample, watermark
+        SamplingOptions(precision=precision)  # a bad precision fails now
+        self.precision = precision
+
+    def options(self, side: int) -> SamplingOptions:
+        return SamplingOptions(size=side, steps=self.steps, progress=False, precision=self.precision)
 
     def source_side(self, side: int) -> int:
         sizes = self.pipe.sizes
@@ -97,7 +102,7 @@ class Worker:
         """Compatible generations (same source side) in one batch: each prompt repeated n times."""
         source = self.source_side(tasks[0].delivery.common.side)
         prompts = [t.prompt for t in tasks for _ in range(t.delivery.common.n)]
-        images = self.pipe.generate(prompts, n=1, size=source, steps=self.steps, progress=False)
+        images = self.pipe.generate(prompts, n=1, options=self.options(source))
         results, start = [], 0
         for task in tasks:
             count = task.delivery.common.n
@@ -123,7 +128,7 @@ class Worker:
         out = []
         for task in tasks:
             source = self.source_side(task.delivery.common.side)
-            images = make(task, SamplingOptions(size=source, steps=self.steps, progress=False))
+            images = make(task, self.options(source))
             out.append(self.deliver(images, task.delivery, source))
         return out
 
@@ -132,7 +137,7 @@ class Worker:
         out = []
         for task in tasks:
             source = self.source_side(max(task.image.size))
-            options = SamplingOptions(size=source, steps=self.steps, progress=False)
+            options = self.options(source)
             images = [self.pipe.outpaint(task.image, task.prompt, options, **vars(task.margins), seed=None)
                       for _ in range(task.delivery.common.n)]
             out.append(self.deliver(images, task.delivery, source, resize=False))
