@@ -346,3 +346,75 @@ def test_a_prior_with_bucket_features_saves_loads_and_samples_the_same(tmp_path)
     z = sample_ar_prior(prior, text, empty, 2.0, torch.Generator().manual_seed(1), progress=False)
     z_loaded = sample_ar_prior(loaded, text, empty, 2.0, torch.Generator().manual_seed(1), progress=False)
     torch.testing.assert_close(z_loaded, z)
+
+
+# ----------------------------------------------------------------------------------------------
+# the discretised logistic mixture head (prior.bucket_mixture)
+
+
+def test_log_sigmoid_difference_is_exact_in_both_tails():
+    import math
+
+    from unclip.networks.prior_ar import log_sigmoid_difference
+
+    def tail(far: float, near: float) -> float:  # log(e^far − e^near), far > near: both σ in a tail
+        return far + math.log(1 - math.exp(near - far))
+
+    def direct(a: float, b: float) -> float:  # float64 is exact enough away from the tails
+        return math.log(1 / (1 + math.exp(-a)) - 1 / (1 + math.exp(-b)))
+
+    a = torch.tensor([40.0, 30.0, 5.0, -3.0, -35.0])
+    b = torch.tensor([39.0, 29.5, 4.0, -40.0, -36.0])
+    # upper tail: σ(a) − σ(b) = σ(−b) − σ(−a) ≈ e^−b − e^−a; lower tail: ≈ e^a − e^b
+    exact = torch.tensor([tail(-39.0, -40.0), tail(-29.5, -30.0), direct(5.0, 4.0), direct(-3.0, -40.0),
+                          tail(-35.0, -36.0)])
+    torch.testing.assert_close(log_sigmoid_difference(a, b), exact, atol=1e-4, rtol=1e-5)
+    assert torch.isinf(torch.log(torch.sigmoid(a[:1]) - torch.sigmoid(b[:1]))).all()  # the naive form fails
+
+
+def test_the_mixture_head_is_a_distribution_and_scores_targets_alone_the_same():
+    prior = fitted(bucket_mixture=3, bucket_features=8)
+    text = text_encoding(prior, 4)
+    codes = torch.randint(0, prior.cfg.buckets, (4, prior.length))
+    dot = torch.randint(0, prior.cfg.buckets, (4,))
+    args = dict(dot=dot, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+    full = prior(codes[:, :-1], **args)  # log-probabilities of every bucket
+    torch.testing.assert_close(full.exp().sum(-1), torch.ones(4, prior.length + 1))
+    targets = torch.cat([dot[:, None], codes], 1)
+    torch.testing.assert_close(prior(codes[:, :-1], **args, targets=targets), full.gather(-1, targets[..., None])[..., 0])
+
+
+def test_the_mixture_prior_learns_codes_and_teaches_neighbouring_buckets():
+    prior = fitted(bucket_mixture=2, bucket_features=8).train()
+    z, t = low_rank_embeddings(n=16)
+    text = text_encoding(prior, 16)
+    text.emb = t
+    empty = text_encoding(prior, 1, seed=9)
+    opt = torch.optim.AdamW(prior.parameters(), lr=3e-3)
+    first = ar_prior_loss(prior, image_emb=z, text=text, empty=empty)["loss"].item()
+    for _ in range(60):
+        out = ar_prior_loss(prior, image_emb=z, text=text, empty=empty, generator=torch.Generator().manual_seed(1))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert first > 3.0 and out["loss"].item() < first / 2
+    prior.eval()
+    codes = prior.quantise(z)
+    args = dict(dot=prior.dot_bucket(z, t), text_emb=t, text_tokens=text.tokens, text_mask=text.mask)
+    p = prior(codes[:, :-1], **args)[:, 1:].exp()  # (B, K, buckets)
+    near = torch.stack([p.gather(-1, (codes + d).clamp(0, prior.cfg.buckets - 1)[..., None])[..., 0]
+                        for d in (-1, 1)]).mean(0)
+    far = p.gather(-1, ((codes + prior.cfg.buckets // 2) % prior.cfg.buckets)[..., None])[..., 0]
+    assert (near > far).float().mean() > 0.9  # mass sits around the code, not on unrelated buckets
+
+
+def test_a_mixture_prior_saves_loads_and_samples_the_same(tmp_path):
+    prior = fitted(bucket_mixture=3, bucket_features=8)
+    save_component(prior, tmp_path / "prior_ar", dtype=torch.float16)
+    loaded = load_component(tmp_path / "prior_ar").float()
+    assert loaded.cfg.bucket_mixture == 3
+    for p in prior.parameters():
+        p.data = p.data.half().float()
+    text, empty = text_encoding(prior, 3), text_encoding(prior, 1, seed=9)
+    z = sample_ar_prior(prior, text, empty, 2.0, torch.Generator().manual_seed(1), progress=False)
+    torch.testing.assert_close(sample_ar_prior(loaded, text, empty, 2.0, torch.Generator().manual_seed(1)), z)

@@ -146,6 +146,11 @@ class PriorConfig:
     # neighbouring buckets share weights and buckets no training target fell in are still predicted
     # (``unclip.networks.prior_ar.BucketTable``).
     bucket_features: int = 0
+    # The output head: 0 = one logit per bucket; M > 0 = a mixture of M logistic distributions over the
+    # level, discretised into the buckets (PixelCNN++'s likelihood): the network predicts where the
+    # code lies and how sure it is, so a new caption needs a new location, not a new table entry
+    # (``unclip.networks.prior_ar.LogisticMixtureHead``).
+    bucket_mixture: int = 0
 
 
 @dataclass

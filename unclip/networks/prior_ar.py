@@ -24,7 +24,9 @@ codes fall between those of the captions seen (a new colour–shape pair) cannot
 ``bucket_features: N`` makes every bucket table (the inputs of codes and of the ⟨z_i, z_t⟩ token,
 and the output head) a learned projection of N sine/cosine pairs of the bucket's position
 (``BucketTable``): neighbouring buckets share their weights, and the logits are a smooth
-(band-limited) function of the level.
+(band-limited) function of the level. ``bucket_mixture: M`` goes further for the output: the
+head predicts a mixture of M logistic distributions over the level, each bucket getting the mass
+that falls in it (``LogisticMixtureHead``), so the network answers with a location and a spread.
 """
 
 from __future__ import annotations
@@ -63,7 +65,12 @@ class ARPrior(nn.Module):
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, v) if not cfg.bucket_features else BucketTable(v, width, cfg.bucket_features)
+        if cfg.bucket_mixture:
+            self.head = LogisticMixtureHead(width, cfg.bucket_mixture, v)
+        elif cfg.bucket_features:
+            self.head = BucketTable(v, width, cfg.bucket_features)
+        else:
+            self.head = nn.Linear(width, v)
 
     @property
     def null_dot(self) -> int:
@@ -128,10 +135,24 @@ class ARPrior(nn.Module):
     # the transformer
 
     def forward(self, codes: torch.Tensor, *, dot: torch.Tensor, text_emb: torch.Tensor,
-                text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+                text_tokens: torch.Tensor, text_mask: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, k + 2, buckets): of the ⟨z_i, z_t⟩ token (from the caption alone), then of
         codes 1 … k + 1, given the first k codes (B, k) (k may be 0), the ⟨z_i, z_t⟩ tokens (B,),
-        text_emb (B, D), text_tokens (B, L, D) and text_mask (B, L)."""
+        text_emb (B, D), text_tokens (B, L, D) and text_mask (B, L). With ``targets`` (B, k + 2)
+        and a ``LogisticMixtureHead``: only the targets' log-probabilities (B, k + 2), which is what
+        training needs."""
+        out = self.hidden(codes, dot=dot, text_emb=text_emb, text_tokens=text_tokens, text_mask=text_mask)
+        if targets is not None and isinstance(self.head, LogisticMixtureHead):
+            return self.head.log_prob(out, targets)
+        return self.logits(out)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The head on states (…, width) from ``hidden``: logits (…, buckets)."""
+        return hidden @ self.head.weight.T if isinstance(self.head, BucketTable) else self.head(hidden)
+
+    def hidden(self, codes: torch.Tensor, *, dot: torch.Tensor, text_emb: torch.Tensor,
+               text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """The states (B, k + 2, width) the head reads (``forward``'s arguments)."""
         prefix = torch.cat([self.text_in(text_tokens), self.text_emb_in(text_emb)[:, None],
                             self.dot_embed(dot)[:, None]], dim=1)
         x = torch.cat([prefix, self.code_embed(codes)], dim=1)
@@ -140,8 +161,54 @@ class ARPrior(nn.Module):
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
         pad = torch.cat([~text_mask.bool(), text_mask.new_zeros(len(x), n - text_mask.shape[1], dtype=torch.bool)], 1)
         x = self.blocks(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
-        out = self.norm(x[:, prefix.shape[1] - 2:])
-        return out @ self.head.weight.T if isinstance(self.head, BucketTable) else self.head(out)
+        return self.norm(x[:, prefix.shape[1] - 2:])
+
+
+class LogisticMixtureHead(nn.Module):
+    """Log-probabilities (…, buckets) of ``buckets`` ordered levels on [0, 1] under a mixture of
+    ``components`` logistic distributions whose weights, locations and scales are linear in the
+    input (…, width): bucket j gets each component's mass between j / buckets and (j + 1) /
+    buckets, the first and last buckets also the tails, so the buckets' probabilities sum to 1."""
+
+    def __init__(self, width: int, components: int, buckets: int):
+        super().__init__()
+        self.components, self.buckets = components, buckets
+        self.out = nn.Linear(width, 3 * components)
+        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():  # start: locations spread over the range, scales a tenth of it
+            self.out.bias.zero_()
+            self.out.bias[components:2 * components] = (torch.arange(components) + 0.5) / components
+            self.out.bias[2 * components:] = math.log(0.1)
+        edges = torch.arange(buckets + 1) / buckets
+        edges[0], edges[-1] = -1e4, 1e4  # open tails (finite, so that no gradient meets inf − inf)
+        self.register_buffer("edges", edges, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_prob(x, None)
+
+    def log_prob(self, x: torch.Tensor, buckets: torch.Tensor | None) -> torch.Tensor:
+        """log P(bucket) (…) of the given ``buckets`` (…, long), or of every bucket (…, buckets) for
+        None: training needs only the targets' (B·K·M values instead of B·K·M·buckets)."""
+        weight, loc, log_scale = self.out(x).float().chunk(3, dim=-1)  # (…, M) each
+        inv_scale = torch.exp(-log_scale.clamp(min=math.log(1e-4)))
+        if buckets is None:
+            upper, lower, loc, inv_scale = self.edges[1:], self.edges[:-1], loc[..., None], inv_scale[..., None]
+        else:
+            upper, lower = self.edges[buckets + 1][..., None], self.edges[buckets][..., None]
+        log_mass = log_sigmoid_difference((upper - loc) * inv_scale, (lower - loc) * inv_scale)
+        log_weight = torch.log_softmax(weight, dim=-1)
+        if buckets is None:  # (…, M, buckets)
+            return torch.logsumexp(log_weight[..., None] + log_mass, dim=-2)
+        return torch.logsumexp(log_weight + log_mass, dim=-1)
+
+
+def log_sigmoid_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(σ(a) − σ(b)) for a > b, computed where it does not cancel: σ(a) − σ(b) = σ(−b) − σ(−a)
+    is used when both lie in the upper tail."""
+    upper_tail = (a + b) > 0
+    a, b = torch.where(upper_tail, -b, a), torch.where(upper_tail, -a, b)
+    log_a, log_b = F.logsigmoid(a), F.logsigmoid(b)
+    return log_a + torch.log(-torch.expm1((log_b - log_a).clamp(max=-1e-6)))
 
 
 class BucketTable(nn.Module):

@@ -34,8 +34,8 @@ def sample_ar_prior(prior: ARPrior, text: TextEncoding, empty: TextEncoding, gui
         dot = torch.cat([torch.full_like(dot, prior.null_dot), dot])
     for _ in trange(prior.length, desc="prior (autoregressive)", disable=not progress, leave=False):
         inputs = torch.cat([codes, codes]) if guided else codes
-        logits = prior(inputs, dot=dot, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)[:, -1]
-        logits = logits.float()
+        hidden = prior.hidden(inputs, dot=dot, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+        logits = prior.logits(hidden[:, -1]).float()  # the next code's only
         if guided:
             logits = mix(*logits.chunk(2), guidance)
         probs = torch.softmax(logits / temperature, dim=-1)

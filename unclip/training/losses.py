@@ -13,7 +13,7 @@ from unclip.diffusion.losses import GaussianDiffusion
 from unclip.networks.clip import TextEncoding
 from unclip.networks.decoder import Decoder
 from unclip.networks.prior import Prior
-from unclip.networks.prior_ar import ARPrior
+from unclip.networks.prior_ar import ARPrior, LogisticMixtureHead
 from unclip.networks.upsampler import Upsampler
 
 
@@ -75,10 +75,14 @@ def ar_prior_loss(prior: ARPrior, *, image_emb: torch.Tensor, text: TextEncoding
     drop = drop_mask(len(codes), prior.cfg.text_drop, codes.device, generator)
     text = replace_text(text, empty, drop)
     dot = torch.where(drop, torch.full_like(dot, prior.null_dot), dot)
-    logits = prior(codes[:, :-1], dot=dot, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
-    targets = torch.cat([dot[:, None], codes], dim=1).flatten()
-    keep = torch.cat([~drop[:, None], torch.ones_like(codes, dtype=torch.bool)], dim=1).flatten()
-    logits_kept, targets = logits.float().flatten(0, 1)[keep], targets[keep]
+    inputs = dict(dot=dot, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+    targets = torch.cat([dot[:, None], codes], dim=1)
+    keep = torch.cat([~drop[:, None], torch.ones_like(codes, dtype=torch.bool)], dim=1)
+    if isinstance(prior.head, LogisticMixtureHead):  # the targets' probabilities only (no argmax to score)
+        levels = targets.clamp(max=prior.cfg.buckets - 1)  # a dropped caption's null dot token is not scored
+        return {"loss": -prior(codes[:, :-1], **inputs, targets=levels)[keep].mean()}
+    logits = prior(codes[:, :-1], **inputs)
+    logits_kept, targets = logits.float()[keep], targets[keep]
     if prior.cfg.bucket_sigma:
         loss = F.cross_entropy(logits_kept, smoothed(targets, prior.cfg.buckets, prior.cfg.bucket_sigma))
     else:
