@@ -157,3 +157,22 @@ def test_eval_cli_writes_the_report(tmp_path, capsys, monkeypatch):
 def test_eval_cli_rejects_bad_counts(capsys):
     assert main(["eval", "--random-from", "configs/tiny", "--prompts", "0"]) == 2
     assert "--prompts" in capsys.readouterr().err
+
+
+def test_eval_sampler_replaces_the_checkpoints_own_on_the_named_stages(tmp_path):
+    out = tmp_path / "eval"
+    code = main(["eval", "--random-from", "configs/tiny", "--out", str(out), "--prompts", "1", "--fid-images", "0",
+                 "--detector-scenes", "40", "--prior-captions", "1", "--variation-images", "1",
+                 "--interpolations", "1", "--batch", "4", "--steps", "prior=1", "decoder=2", "upsampler=1",
+                 "--sampler", "dpmpp", "decoder=ddim"])
+    assert code == 0
+    sampling = json.loads((out / "report.json").read_text())["sampling"]
+    assert sampling["decoder"]["sampler"] == "ddim"  # STAGE=NAME wins over the bare name
+    assert sampling["prior"]["sampler"] == sampling["upsampler_256"]["sampler"] == "dpmpp"
+    assert "decoder ddim 2 steps" in (out / "report.md").read_text()
+
+
+def test_eval_rejects_an_unknown_sampler_before_loading(capsys, monkeypatch):
+    monkeypatch.setattr(eval_command, "load_pipeline", lambda args: pytest.fail("loaded before checking"))
+    assert main(["eval", "--random-from", "configs/tiny", "--sampler", "decoder=euler"]) == 2
+    assert "unknown sampler 'euler'" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from unclip.cli.common import add_pipeline_arguments, load_pipeline, stage_values
+from unclip.cli.common import add_pipeline_arguments, load_pipeline, stage_value, stage_values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=50, help="images per pipeline call")
     parser.add_argument("--steps", nargs="+", metavar="STAGE=N",
                         help="sampling steps per stage, e.g. decoder=25 (default: the checkpoint's)")
+    parser.add_argument("--sampler", nargs="+", type=stage_value(str), metavar="[STAGE=]NAME",
+                        help="ddpm, ddim, dpmpp or unclip: for every stage, or STAGE=NAME, in place of the "
+                             "checkpoint's own (e.g. for a step-count study; the report records the samplers)")
     parser.add_argument("--compare-priors", nargs="+", metavar="NAME",
                         help="prior sub-folders of the checkpoint to put side by side through its decoder "
                              "(default: every prior sub-folder, e.g. prior and prior_ar, when there are several)")
@@ -79,6 +82,29 @@ def _settings(args: argparse.Namespace):
                         seed=args.seed, steps=steps)
 
 
+def _samplers(args: argparse.Namespace) -> dict:
+    """--sampler as {Stage: Sampler} (``upsampler=`` names both upsamplers)."""
+    from unclip.config import SAMPLED_STAGES, UPSAMPLERS, Stage
+    from unclip.diffusion.schedule import Sampler
+
+    names = [s.value for s in Sampler]
+    for _, name in args.sampler or []:
+        if name not in names:
+            raise ValueError(f"--sampler: unknown sampler {name!r} (choose from {', '.join(names)})")
+    values = {stage: Sampler(name) for stage, name in (stage_values(args.sampler, SAMPLED_STAGES) or {}).items()}
+    both = values.pop("upsampler", None)
+    return {**({s: both for s in UPSAMPLERS} if both else {}), **{Stage(s): v for s, v in values.items()}}
+
+
+def use_samplers(pipe, samplers: dict):
+    """The pipeline with its default sampler replaced on the stages ``samplers`` names."""
+    from dataclasses import replace
+
+    for stage, sampler in samplers.items():
+        pipe.sampling[stage] = replace(pipe.sampling[stage], sampler=sampler)
+    return pipe
+
+
 def _priors_to_compare(args: argparse.Namespace) -> list[str]:
     """The prior sub-folders to compare: --compare-priors, else all of the checkpoint's when it has several."""
     from unclip.pipeline import default_checkpoint
@@ -112,7 +138,7 @@ def run_emoji(args: argparse.Namespace, settings) -> int:
     from unclip.cli.common import save_grid
     from unclip.evaluation.emoji import markdown, run_emoji_eval, sheet_prompts
 
-    pipe = load_pipeline(args)
+    pipe = use_samplers(load_pipeline(args), _samplers(args))
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         report = run_emoji_eval(pipe, settings)
         report["settings"]["bf16_autocast"] = args.bf16
@@ -160,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     if args.suite == "emoji-clip":
         return run_emoji_clip(args, settings)
     priors = _priors_to_compare(args)  # checked before the long run
-    pipe = load_pipeline(args)
+    samplers = _samplers(args)
+    pipe = use_samplers(load_pipeline(args), samplers)
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         report = run_eval(pipe, settings)
         report["settings"]["bf16_autocast"] = args.bf16
@@ -169,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
             from unclip.pipeline import UnCLIPPipeline
 
             pipes = {name: pipe if name == args.prior else
-                     UnCLIPPipeline.from_pretrained(args.checkpoint_path, device=pipe.device, prior=name)
+                     use_samplers(UnCLIPPipeline.from_pretrained(args.checkpoint_path, device=pipe.device,
+                                                                 prior=name), samplers)
                      for name in priors}
             report["priors"] = compare_priors(pipes, settings)
         args.out.mkdir(parents=True, exist_ok=True)
