@@ -277,25 +277,29 @@ def test_smoothed_targets_spread_over_neighbours_and_a_near_miss_costs_less():
     assert torch.isfinite(out["loss"]) and out["loss"] > 0
 
 
-def test_the_shipped_ar_prior_samples_seen_captions_close_to_their_renders():
-    """checkpoints/shapes/prior_ar: on seen one-object captions its samples are near the true z_i
-    (measured 0.83-0.89 over seeds 0-2; a sample of another caption's render: about 0)."""
+@pytest.mark.parametrize("pairs", ["seen", "held_out"])
+def test_the_shipped_ar_prior_samples_captions_close_to_their_renders(pairs):
+    """checkpoints/shapes/prior_ar: on one-object captions, seen colour–shape pairs and held-out ones
+    (never rendered in training), its samples are near the true z_i and far from another caption's
+    (measured, seed 0: seen 0.98 against 0.00, held out 0.88 against 0.08; the one-hot AR prior
+    shipped before gave 0.05 on held-out pairs)."""
     from unclip.config import Stage
-    from unclip.data.shapes import PAIR_POOLS
+    from unclip.data.shapes import HELD_OUT_PAIRS, PAIR_POOLS
     from unclip.evaluation.report import one_object_scenes
     from unclip.pipeline.plan import SamplingOptions
     from unclip.pipeline.sampling import sample_prior
 
     pipe = UnCLIPPipeline.from_pretrained(ROOT / "checkpoints" / "shapes", prior="prior_ar")
     assert isinstance(pipe.prior, ARPrior) and pipe.prior.length == 24
-    scenes = one_object_scenes(list(PAIR_POOLS["train"]), 16, 123)
+    pool = list(PAIR_POOLS["train"]) if pairs == "seen" else sorted(HELD_OUT_PAIRS)
+    scenes = one_object_scenes(pool, 16, 123)
     true = pipe.clip.encode_image([s.render(64) for s in scenes])
     text = pipe.clip.encode_text([s.caption for s in scenes])
     run = pipe.plan([Stage.prior], SamplingOptions())[Stage.prior]
     z = sample_prior(pipe, text, run, torch.Generator().manual_seed(0), progress=False)
     own = torch.nn.functional.cosine_similarity(z, true).mean()
     other = torch.nn.functional.cosine_similarity(z, true.roll(1, 0)).mean()
-    assert own > 0.7 and own > other + 0.5
+    assert own > 0.75 and own > other + 0.3
 
 
 # ----------------------------------------------------------------------------------------------
