@@ -385,7 +385,8 @@ def test_the_mixture_head_is_a_distribution_and_scores_targets_alone_the_same():
     full = prior(codes[:, :-1], **args)  # log-probabilities of every bucket
     torch.testing.assert_close(full.exp().sum(-1), torch.ones(4, prior.length + 1))
     targets = torch.cat([dot[:, None], codes], 1)
-    torch.testing.assert_close(prior(codes[:, :-1], **args, targets=targets), full.gather(-1, targets[..., None])[..., 0])
+    scored = prior(codes[:, :-1], **args, targets=targets)
+    torch.testing.assert_close(scored, full.gather(-1, targets[..., None])[..., 0])
 
 
 def test_the_mixture_prior_learns_codes_and_teaches_neighbouring_buckets():
