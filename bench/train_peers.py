@@ -3,7 +3,7 @@ unclip decoder and prior, of DALLE2-pytorch's ``Unet``+``Decoder`` and ``Diffusi
 ``DiffusionPrior``, and of diffusers' blocks used directly, at about equal parameter counts, in one run.
 
     python bench/train_peers.py --peer-python /path/to/dalle2-venv/bin/python [--precisions fp32 bf16]
-                                [--models decoder-5.8M decoder-26M prior] [--steps 3] [--json]
+                                [--models decoder-5.8M decoder-26M prior] [--steps 3] [--peak-size 4096] [--json]
 
 DALLE2-pytorch (``dalle2-pytorch==1.15.6``) pins ``open-clip-torch<3``, so it lives in its own
 virtual environment and runs as a subprocess of this script (``--worker dalle2``):
@@ -15,9 +15,13 @@ conditioned on a 256-d image embedding and 77 text tokens of width 256 (~5.8M: c
 one layer per block; ~26M: 64,128,192,256, two); priors of width 256, 6 layers, 77 text tokens, batch 64.
 Each row is the median of ``--steps`` timed steps after a warm-up step, on one batch already in memory;
 bf16 is autocast around the forward and the loss. Reported: parameters, seconds per step, samples per
-second and the ratio of each peer's samples/s to unclip's (above 1: the peer is faster). A timing, so
+second, the ratio of each peer's samples/s to unclip's (above 1: the peer is faster) and the MFU: the
+step's FLOPs (``torch.utils.flop_counter.FlopCounterMode`` over one step: the matmuls and convolutions of
+forward and backward, not the optimiser's elementwise work) per second, as a share of this machine's bf16
+matmul peak, measured in the same run from a ``--peak-size``³ bf16 matmul (best of 5). A timing, so
 nothing else should run meanwhile; ``OMP_NUM_THREADS`` applies to every process. With ``--json`` the last
-line is ``{"rows": [{"model", "impl", "precision", "params", "batch", "seconds", "samples_per_s", "ratio"}]}``.
+line is ``{"peak_flops": …, "rows": [{"model", "impl", "precision", "params", "batch", "seconds",
+"samples_per_s", "ratio", "flops", "mfu"}]}``.
 """
 
 from __future__ import annotations
@@ -60,6 +64,24 @@ def trainer(model: torch.nn.Module, loss_fn, precision: str):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
+
+
+def step_flops(step) -> int:
+    """FLOPs of one call of ``step``, as ``FlopCounterMode`` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_peak(size: int, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of ``repeats`` ``size``³ bf16 matmuls (after a warm-up one)."""
+    a, b = (torch.randn(size, size, generator=torch.Generator().manual_seed(i)).bfloat16() for i in (0, 1))
+    best = timed(lambda: a @ b, 1)
+    for _ in range(repeats - 1):
+        best = min(best, timed(lambda: a @ b, 1))
+    return 2 * size ** 3 / best
 
 
 def params(model: torch.nn.Module) -> int:
@@ -173,10 +195,12 @@ def measure(impl: str, model: str, precision: str, steps: int) -> dict:
     batch = inputs(model, torch.Generator().manual_seed(0))
     net, loss_fn = CASES[impl](model, batch)
     net.train()
-    seconds = timed(trainer(net, loss_fn, precision), steps)
+    step = trainer(net, loss_fn, precision)
+    flops = step_flops(step)  # also the warm-up
+    seconds = timed(step, steps)
     b = len(batch["image_emb"])
     return {"model": model, "impl": impl, "precision": precision, "params": params(net), "batch": b,
-            "seconds": seconds, "samples_per_s": b / seconds, "ratio": None}
+            "seconds": seconds, "samples_per_s": b / seconds, "ratio": None, "flops": flops}
 
 
 def run_worker(args) -> int:
@@ -200,16 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (median)")
+    parser.add_argument("--peak-size", type=int, default=4096, help="side of the bf16 matmul that sets the peak")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", choices=["dalle2"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error("--steps must be at least 1")
+    if args.steps < 1 or args.peak_size < 1:
+        parser.error("--steps and --peak-size must be at least 1")
     if args.worker:
         return run_worker(args)
 
+    peak = matmul_peak(args.peak_size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one optimisation step, median of "
-          f"{args.steps}")
+          f"{args.steps}; bf16 matmul peak {peak / 1e9:.0f} GFLOP/s ({args.peak_size}³)")
     rows = [measure(impl, m, p, args.steps) for m in args.models for p in args.precisions
             for impl in ("unclip", "diffusers blocks")]
     if args.peer_python:
@@ -218,15 +244,17 @@ def main(argv: list[str] | None = None) -> int:
         print("(no DALLE2-pytorch rows: pass --peer-python, the python of a venv with dalle2-pytorch==1.15.6)")
     ours = {(r["model"], r["precision"]): r["samples_per_s"] for r in rows if r["impl"] == "unclip"}
     print(f"{'model':<13} {'implementation':<16} {'precision':<9} {'params':>8} {'batch':>5} {'s/step':>7} "
-          f"{'samples/s':>9} {'peer/unclip':>11}")
+          f"{'samples/s':>9} {'peer/unclip':>11} {'GFLOP/step':>10} {'MFU':>6}")
     for r in sorted(rows, key=lambda r: (MODELS.index(r["model"]), r["precision"], r["impl"] != "unclip")):
         if r["impl"] != "unclip":
             r["ratio"] = r["samples_per_s"] / ours[r["model"], r["precision"]]
+        r["mfu"] = r["flops"] / r["seconds"] / peak
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         print(f"{r['model']:<13} {r['impl']:<16} {r['precision']:<9} {r['params'] / 1e6:>7.2f}M {r['batch']:>5} "
-              f"{r['seconds']:>7.3f} {r['samples_per_s']:>9.1f} {ratio:>11}", flush=True)
+              f"{r['seconds']:>7.3f} {r['samples_per_s']:>9.1f} {ratio:>11} {r['flops'] / 1e9:>10.1f} "
+              f"{100 * r['mfu']:>5.1f}%", flush=True)
     if args.json:
-        print(json.dumps({"rows": rows}))
+        print(json.dumps({"peak_flops": peak, "rows": rows}))
     return 0
 
 

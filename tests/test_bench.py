@@ -47,11 +47,15 @@ def test_the_server_bench_reports_every_burst_on_tiny_weights():
 
 def test_the_training_peer_bench_times_unclip_beside_diffusers_blocks_and_says_why_dalle2_is_missing():
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "train_peers.py"), "--models", "prior",
-                             "--precisions", "fp32", "--steps", "1", "--json"],
+                             "--precisions", "fp32", "--steps", "1", "--peak-size", "256", "--json"],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(no DALLE2-pytorch rows: pass --peer-python" in result.stdout
-    rows = {r["impl"]: r for r in json.loads(result.stdout.strip().splitlines()[-1])["rows"]}
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = {r["impl"]: r for r in report["rows"]}
+    for r in rows.values():  # MFU: the counted FLOPs per second over the measured peak
+        assert r["flops"] > 6 * r["params"] * r["batch"] * 0.5  # at least ~3 FLOPs per weight and sample
+        assert abs(r["mfu"] - r["flops"] / r["seconds"] / report["peak_flops"]) < 1e-9
     assert set(rows) == {"unclip", "diffusers blocks"} and rows["unclip"]["ratio"] is None
     assert abs(rows["unclip"]["params"] - rows["diffusers blocks"]["params"]) / rows["unclip"]["params"] < 0.01
     peer = rows["diffusers blocks"]
