@@ -119,19 +119,26 @@ def test_each_code_sees_only_the_caption_and_the_codes_before_it():
     assert not torch.allclose(other_text[:, 0], out[:, 0])
 
 
-def test_the_loss_learns_codes_and_drops_the_caption_with_the_dot_token():
-    prior = fitted().train()
+def _train_briefly(prior: ARPrior, steps: int = 60):
+    """``steps`` AdamW steps on 16 low-rank embeddings and their captions: (loss before, the last step's
+    loss dict, (z, t, text, empty))."""
     z, t = low_rank_embeddings(n=16)
     text = text_encoding(prior, 16)
     text.emb = t
     empty = text_encoding(prior, 1, seed=9)
     opt = torch.optim.AdamW(prior.parameters(), lr=3e-3)
     first = ar_prior_loss(prior, image_emb=z, text=text, empty=empty)["loss"].item()
-    for _ in range(60):
+    for _ in range(steps):
         out = ar_prior_loss(prior, image_emb=z, text=text, empty=empty, generator=torch.Generator().manual_seed(1))
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
+    return first, out, (z, t, text, empty)
+
+
+def test_the_loss_learns_codes_and_drops_the_caption_with_the_dot_token():
+    prior = fitted().train()
+    first, out, (z, t, text, empty) = _train_briefly(prior)
     assert first > 3.5  # about ln 64 at the start
     assert out["loss"].item() < first / 2 and out["code_accuracy"] > 0.3
 
@@ -391,17 +398,7 @@ def test_the_mixture_head_is_a_distribution_and_scores_targets_alone_the_same():
 
 def test_the_mixture_prior_learns_codes_and_teaches_neighbouring_buckets():
     prior = fitted(bucket_mixture=2, bucket_features=8).train()
-    z, t = low_rank_embeddings(n=16)
-    text = text_encoding(prior, 16)
-    text.emb = t
-    empty = text_encoding(prior, 1, seed=9)
-    opt = torch.optim.AdamW(prior.parameters(), lr=3e-3)
-    first = ar_prior_loss(prior, image_emb=z, text=text, empty=empty)["loss"].item()
-    for _ in range(60):
-        out = ar_prior_loss(prior, image_emb=z, text=text, empty=empty, generator=torch.Generator().manual_seed(1))
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
+    first, out, (z, t, text, empty) = _train_briefly(prior)
     assert first > 3.0 and out["loss"].item() < first / 2
     prior.eval()
     codes = prior.quantise(z)
