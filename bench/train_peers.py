@@ -76,12 +76,9 @@ def step_flops(step) -> int:
 
 
 def matmul_peak(size: int, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of ``repeats`` ``size``³ bf16 matmuls (after a warm-up one)."""
+    """FLOP/s of the fastest of ``repeats`` ``size``³ bf16 matmuls (each after a warm-up one)."""
     a, b = (torch.randn(size, size, generator=torch.Generator().manual_seed(i)).bfloat16() for i in (0, 1))
-    best = timed(lambda: a @ b, 1)
-    for _ in range(repeats - 1):
-        best = min(best, timed(lambda: a @ b, 1))
-    return 2 * size ** 3 / best
+    return 2 * size ** 3 / min(timed(lambda: a @ b, 1) for _ in range(repeats))
 
 
 def params(model: torch.nn.Module) -> int:

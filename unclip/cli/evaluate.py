@@ -82,26 +82,27 @@ def _settings(args: argparse.Namespace):
                         seed=args.seed, steps=steps)
 
 
-def _samplers(args: argparse.Namespace) -> dict:
-    """--sampler as {Stage: Sampler} (``upsampler=`` names both upsamplers)."""
-    from unclip.config import SAMPLED_STAGES, UPSAMPLERS, Stage
+def _samplers(args: argparse.Namespace):
+    """--sampler as ``SamplingOptions.sampler`` takes it (``{stage: name}``, ``upsampler`` naming
+    both upsamplers), its names checked here, before anything loads; None without the flag."""
+    from unclip.config import SAMPLED_STAGES
     from unclip.diffusion.schedule import Sampler
 
     names = [s.value for s in Sampler]
     for _, name in args.sampler or []:
         if name not in names:
             raise ValueError(f"--sampler: unknown sampler {name!r} (choose from {', '.join(names)})")
-    values = {stage: Sampler(name) for stage, name in (stage_values(args.sampler, SAMPLED_STAGES) or {}).items()}
-    both = values.pop("upsampler", None)
-    return {**({s: both for s in UPSAMPLERS} if both else {}), **{Stage(s): v for s, v in values.items()}}
+    return stage_values(args.sampler, SAMPLED_STAGES)
 
 
-def use_samplers(pipe, samplers: dict):
-    """The pipeline with its default sampler replaced on the stages ``samplers`` names."""
+def use_samplers(pipe, sampler):
+    """The pipeline with ``sampler`` (as ``SamplingOptions.sampler`` takes it) as its stages'
+    default sampler, resolved per stage by the pipeline's own plan."""
     from dataclasses import replace
 
-    for stage, sampler in samplers.items():
-        pipe.sampling[stage] = replace(pipe.sampling[stage], sampler=sampler)
+    if sampler:
+        for stage, run in pipe.plan(list(pipe.sampling), sampler=sampler).items():
+            pipe.sampling[stage] = replace(pipe.sampling[stage], sampler=run.sampler)
     return pipe
 
 
@@ -138,7 +139,8 @@ def run_emoji(args: argparse.Namespace, settings) -> int:
     from unclip.cli.common import save_grid
     from unclip.evaluation.emoji import markdown, run_emoji_eval, sheet_prompts
 
-    pipe = use_samplers(load_pipeline(args), _samplers(args))
+    samplers = _samplers(args)  # checked before loading
+    pipe = use_samplers(load_pipeline(args), samplers)
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         report = run_emoji_eval(pipe, settings)
         report["settings"]["bf16_autocast"] = args.bf16
