@@ -91,6 +91,10 @@ def test_enums_parse_from_values():
     cfg = load_stage_config(Path(__file__).parents[1] / "configs/tiny/upsampler_1024.yaml")
     assert cfg.upsampler.degradation is Degradation.bsr
     assert cfg.diffusion.beta_schedule.value == "linear"
+    path = Path(__file__).parents[1] / "configs/tiny/upsampler_1024.yaml"
+    assert load_stage_config(path, ["upsampler.degradation=null"]).upsampler.degradation is None  # clean conditioning
+    with pytest.raises(ConfigError, match="upsampler.degradation"):
+        load_stage_config(path, ["upsampler.degradation=jpeg"])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")

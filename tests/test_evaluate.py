@@ -60,6 +60,17 @@ def test_inception_features_from_the_shipped_weights():
     assert (f[3] - f[0]).abs().max() > 1 and (f[3] - f[2]).abs().max() > 1  # noise is neither
 
 
+def test_inception_features_ignore_bf16_autocast():
+    """``unclip eval --bf16`` runs everything under autocast; the FID yardstick must stay float32."""
+    features = InceptionFeatures()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    exact = features(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = features(images)
+    assert under.dtype == torch.float32
+    torch.testing.assert_close(under, exact, atol=1e-5, rtol=1e-5)
+
+
 def test_prompt_sets_follow_the_split():
     sets = prompt_sets(30, seed=0)
     held = {("purple", "star"), ("orange", "circle"), ("green", "triangle")}

@@ -145,6 +145,28 @@ def test_upsampler_overfits_one_batch(schedule):
     assert last < first / 10
 
 
+def test_a_residual_upsampler_learns_the_image_minus_its_bicubic_conditioning():
+    """upsampler.residual: the loss is the image-space loss on high_res − bicubic(low_res), the same
+    network and draws; the residual of an image that bicubic reproduces is 0."""
+    import dataclasses
+
+    from unclip.data.degradations import upsample_condition
+
+    torch.manual_seed(0)
+    plain = Upsampler(UpsamplerConfig())
+    residual = Upsampler(dataclasses.replace(plain.cfg, residual=True))
+    residual.load_state_dict(plain.state_dict())
+    diffusion = GaussianDiffusion(DiffusionConfig(prediction=Prediction.x0))
+    high, low = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
+    cond = upsample_condition(low, 16)
+    loss = lambda net, target: upsampler_loss(net, diffusion, high_res=target, low_res=low,  # noqa: E731
+                                              generator=torch.Generator().manual_seed(3))["loss"]
+    torch.testing.assert_close(loss(residual, high), loss(plain, high - cond))
+    assert not torch.allclose(loss(residual, high), loss(plain, high))
+    torch.testing.assert_close(residual.offset(low, 16), cond)
+    assert residual.offset(low, 16).abs().sum() > 0 and plain.offset(low, 16).abs().sum() == 0
+
+
 def test_offset_noise_adds_one_value_per_image_and_channel():
     from unclip.training.losses import _noised
 

@@ -56,3 +56,18 @@ def test_parity_fails_when_guidance_differs(pipe, diffusers_oracle):
     prompts = ["a red circle"]
     _, reference_small = diffusers_oracle(oracle, pipe, prompts, STEPS, {"prior": 4.0, "decoder": 3.0}, seed=0)
     assert (ours(pipe, prompts, size=32).pixels - reference_small).abs().max() > 1e-2
+
+
+def test_diffusers_has_no_residual_upsampler(pipe):
+    """diffusers' super-resolution UNets diffuse the image itself: a residual upsampler is refused
+    with the reason, not exported as if it were one."""
+    import copy
+    import dataclasses
+
+    from unclip.pipeline import UnCLIPPipeline
+
+    ups = {slot: copy.deepcopy(net) for slot, net in pipe.upsamplers.items()}
+    ups["upsampler_256"].cfg = dataclasses.replace(ups["upsampler_256"].cfg, residual=True)
+    residual = UnCLIPPipeline(pipe.clip, pipe.prior, pipe.decoder, ups, sampling=pipe.sampling)
+    with pytest.raises(ValueError, match="upsampler_256 is residual"):
+        to_diffusers(residual)

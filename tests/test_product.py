@@ -319,6 +319,59 @@ def test_upscale_runs_only_the_stages_above_the_image(tiny_pipeline, monkeypatch
         tiny_pipeline.upscale(Image.new("RGB", (40, 20)))
 
 
+def _zero_output_upsampler(tiny_pipeline, residual: bool):
+    """The tiny 32→64 upsampler, x0-parameterised, its output layer zeroed (it predicts x0 = 0), as
+    an image-space or a residual upsampler, in a pipeline of its own."""
+    import copy
+    import dataclasses
+
+    from unclip.config import Prediction
+    from unclip.pipeline import UnCLIPPipeline
+    from unclip.pipeline.plan import StageSampling
+
+    slot = "upsampler_256"
+    net = copy.deepcopy(tiny_pipeline.upsamplers[slot])
+    net.cfg = dataclasses.replace(net.cfg, residual=residual)
+    with torch.no_grad():
+        net.unet.conv_out.weight.zero_()
+        net.unet.conv_out.bias.zero_()
+    diffusion = dataclasses.replace(tiny_pipeline.sampling[slot].diffusion, prediction=Prediction.x0, sample_start=None)
+    return UnCLIPPipeline(tiny_pipeline.clip, None, None, {slot: net}, sampling={slot: StageSampling(diffusion)})
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_residual_upsampler_diffuses_what_bicubic_misses(tiny_pipeline, residual):
+    """upsampler.residual: the diffused variable is the image minus its bicubic conditioning, so a
+    network that predicts 0 returns the bicubic image (and the image-space one flat grey), through
+    upscale and through the upsampler inpainting of edit."""
+    from unclip.data.degradations import upsample_condition
+    from unclip.data.images import image_to_tensor, tensor_to_pil
+
+    pipe = _zero_output_upsampler(tiny_pipeline, residual)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    out = np.asarray(pipe.upscale(image, size=64, steps=3, sampler="ddim", seed=0, progress=False), dtype=int)
+    bicubic = np.asarray(tensor_to_pil(upsample_condition(image_to_tensor(image)[None], 64))[0], dtype=int)
+    if residual:
+        assert np.abs(out - bicubic).max() <= 1
+    else:
+        assert np.abs(out - 128).max() <= 1 and np.abs(out - bicubic).mean() > 20
+    # edit's upsampler step: the kept left half is the original's, the rest what the network makes
+    from unclip.pipeline.inpaint import _upsample_known, known_at
+
+    original = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    keep = Image.new("L", (64, 64), 0)
+    keep.paste(255, (0, 0, 32, 64))
+    slot = next(iter(pipe.upsamplers))
+    run = pipe.plan([slot], steps=3)[slot]
+    g = torch.Generator().manual_seed(0)
+    pixels = _upsample_known(pipe, slot, image_to_tensor(image)[None], run, known_at(original, keep, 64, "cpu"), g,
+                             lambda shape: torch.randn(shape, generator=g))
+    edited = np.asarray(tensor_to_pil(pixels)[0], dtype=int)
+    assert np.abs(edited[:, :32] - np.asarray(original, dtype=int)[:, :32]).max() <= 1
+    expected = bicubic[:, 32:] if residual else 128
+    assert np.abs(edited[:, 32:] - expected).max() <= 1
+
+
 def test_a_folder_of_upsamplers_alone_upscales_but_makes_no_images(tiny_pipeline, tmp_path):
     """A cascade shipped stage by stage (checkpoints/emoji while its decoder trains): CLIP and
     upsamplers, no prior or decoder."""
@@ -349,9 +402,9 @@ def test_upscale_from_the_cli(tmp_path, capsys):
 
 
 def test_upscale_of_a_shapes_render_with_the_shipped_cascade():
-    """A 64 render to 256 by the shipped 64→256 upsampler alone reads right and stays near the
-    real 256 render. (It does not beat bicubic yet: on this render its mean error is 3.6 levels
-    against bicubic's 0.9; issue 18 is about that.)"""
+    """A 64 render to 256 by the shipped (residual, one DDIM step) 64→256 upsampler alone reads
+    right and is closer to the real 256 render than bicubic resizing is (measured: PSNR 33.4 dB
+    against bicubic's 32.3)."""
     from unclip.data.shapes import scene_from_attributes
     from unclip.evaluation.detector import detect, score
     from unclip.pipeline import UnCLIPPipeline
@@ -360,5 +413,7 @@ def test_upscale_of_a_shapes_render_with_the_shipped_cascade():
     pipe = UnCLIPPipeline.from_pretrained(ROOT / "checkpoints" / "shapes")
     result = pipe.upscale(scene.render(64), size=256, seed=0, progress=False)
     truth = np.asarray(scene.render(256), dtype=float)
+    bicubic = np.asarray(scene.render(64).resize((256, 256), Image.Resampling.BICUBIC), dtype=float)
     assert result.size == (256, 256) and score(detect(result), scene)["all"]
-    assert np.abs(np.asarray(result, dtype=float) - truth).mean() < 8  # noise would be ~100 levels off
+    mse = lambda x: float(np.mean((x - truth) ** 2))  # noqa: E731
+    assert mse(np.asarray(result, dtype=float)) < 0.9 * mse(bicubic)

@@ -182,8 +182,12 @@ class UpsamplerConfig:
     block_out_channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1
     dropout: float = 0.0
-    degradation: Degradation = Degradation.blur
+    degradation: Degradation | None = Degradation.blur  # None (YAML null): the conditioning stays clean
     crop_fraction: float = 0.25  # training crops are this fraction of sample_size per side
+    # True: diffuse the residual x − bicubic(low-res) instead of the image (SRDiff's choice, not the
+    # paper's), so an untrained network already returns the bicubic image and training only has to
+    # learn the detail bicubic misses; False: the paper's (and Karlo's) image-space upsampler.
+    residual: bool = False
 
 
 @dataclass

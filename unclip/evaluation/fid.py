@@ -30,7 +30,8 @@ def inception_path() -> Path:
 
 
 class InceptionFeatures:
-    """2048-d Inception pool features of image batches (B, 3, H, W) in [−1, 1]."""
+    """2048-d Inception pool features of image batches (B, 3, H, W) in [−1, 1], always in float32:
+    a run under bf16 autocast (``unclip eval --bf16``) must not move the yardstick with the samples."""
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
@@ -41,7 +42,8 @@ class InceptionFeatures:
         x = ((images.float().to(self.device) + 1) / 2).clamp(0, 1)
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         x = (x * (TF_RANGE[1] - TF_RANGE[0]) + TF_RANGE[0]).clamp(*TF_RANGE)
-        feats = self.model(x)
+        with torch.autocast(self.device.type, enabled=False):
+            feats = self.model(x)
         return feats.flatten(2).mean(-1) if feats.dim() > 2 else feats
 
 

@@ -3,7 +3,8 @@
 Convolution-only ADM UNets (diffusers' ``UNet2DModel``, no attention, no text, no guidance) that
 see the noised high-res image concatenated with the low-res conditioning, bicubic-upsampled to
 the same size (6 input channels). Fully convolutional: trained on quarter-size crops, applied at
-full size.
+full size. With ``residual`` the diffused variable is the image minus that bicubic conditioning
+(``offset``): training targets ``high_res - offset`` and sampling adds ``offset`` back.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ class Upsampler(nn.Module):
             block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
             add_attention=False, dropout=cfg.dropout, norm_num_groups=norm_groups(cfg.block_out_channels),
         )
+
+    def offset(self, low_res: torch.Tensor, side: int) -> torch.Tensor:
+        """What the diffused variable is measured from at ``side``: the bicubic-upsampled
+        conditioning for a residual upsampler, else zeros (B, 3, side, side)."""
+        cond = upsample_condition(low_res, side)
+        return cond if self.cfg.residual else torch.zeros_like(cond)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, low_res: torch.Tensor) -> torch.Tensor:
         """eps (B, 3, H, W) from x_t (B, 3, H, W) and the conditioning ``low_res`` (B, 3, h, w),

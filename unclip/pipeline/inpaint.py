@@ -140,9 +140,12 @@ def _upsample_known(pipe, slot: Stage, low_res: torch.Tensor, run: StageRun, kno
     side = _side(pipe, slot)
     scheduler = run.scheduler()
     model_fn = upsampler_fn(pipe, slot, low_res, scheduler, run)
-    x_T = noised_start(run.diffusion, upsample_condition(low_res, side), noise_fn((len(low_res), 3, side, side)))
-    return repaint_loop(model_fn, scheduler, x_T, run.steps, known=known.x0, keep=known.keep, noise_fn=noise_fn,
-                        generator=generator, start=run.diffusion.sample_start).clamp(-1, 1)
+    offset = pipe.upsamplers[slot].offset(low_res, side)
+    x_T = noised_start(run.diffusion, upsample_condition(low_res, side) - offset,
+                       noise_fn((len(low_res), 3, side, side)))
+    return repaint_loop(model_fn, scheduler, x_T, run.steps, known=known.x0 - offset, keep=known.keep,
+                        noise_fn=noise_fn, generator=generator,
+                        start=run.diffusion.sample_start).add(offset).clamp(-1, 1)
 
 
 def resize_square(image: Image.Image, side: int) -> Image.Image:

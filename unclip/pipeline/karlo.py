@@ -266,6 +266,9 @@ def to_diffusers(pipe) -> Any:
     last = pipe.last_steps.get(FIRST_UPSAMPLER, first)
     schedulers = {stage: make_scheduler(pipe.sampling[stage].diffusion, Sampler.unclip)
                   for stage in (PRIOR, DECODER, FIRST_UPSAMPLER)}
+    if first.cfg.residual:
+        raise ValueError("to_diffusers: diffusers' UnCLIPPipeline diffuses the image itself; this pipeline's "
+                         f"{FIRST_UPSAMPLER} is residual (upsampler.residual: true)")
     return DiffusersUnCLIP(
         prior=pipe.prior.transformer, decoder=pipe.decoder.unet, text_encoder=hf_text_encoder(pipe.clip),
         tokenizer=hf_tokenizer(pipe.clip), text_proj=diffusers_text_proj(pipe.decoder),

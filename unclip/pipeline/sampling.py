@@ -99,10 +99,11 @@ def upsample(pipe, pixels: torch.Tensor, size: int, plan: Mapping[Stage, StageRu
             continue
         scheduler = run.scheduler()
         model_fn = upsampler_fn(pipe, slot, pixels, scheduler, run)
-        x_T = noised_start(run.diffusion, upsample_condition(pixels, side),
+        offset = pipe.upsamplers[slot].offset(pixels, side)
+        x_T = noised_start(run.diffusion, upsample_condition(pixels, side) - offset,
                            draw_noise((len(pixels), 3, side, side), generator, pipe.device))
-        pixels = sample_loop(model_fn, scheduler, x_T, run.steps, channels=3, generator=generator,
-                             desc=str(slot), progress=progress, start=run.diffusion.sample_start).clamp(-1, 1)
+        pixels = sample_loop(model_fn, scheduler, x_T, run.steps, channels=3, generator=generator, desc=str(slot),
+                             progress=progress, start=run.diffusion.sample_start).add(offset).clamp(-1, 1)
     return pixels
 
 

@@ -108,7 +108,9 @@ def decoder_loss(decoder: Decoder, diffusion: GaussianDiffusion, *, images: torc
 
 def upsampler_loss(upsampler: Upsampler, diffusion: GaussianDiffusion, *, high_res: torch.Tensor,
                    low_res: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Eps MSE on (crops of) the high-res image, conditioned on the degraded low-res image."""
-    t, noise, x_t = _noised(diffusion, high_res, generator)
+    """Eps MSE on (crops of) the high-res image, conditioned on the degraded low-res image; a
+    residual upsampler diffuses ``high_res`` minus its bicubic-upsampled conditioning."""
+    target = high_res - upsampler.offset(low_res, high_res.shape[-1]).to(high_res.dtype)
+    t, noise, x_t = _noised(diffusion, target, generator)
     out = upsampler(x_t, t, low_res=low_res)
-    return diffusion.loss(out, high_res, x_t, t, noise)
+    return diffusion.loss(out, target, x_t, t, noise)

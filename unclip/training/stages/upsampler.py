@@ -53,10 +53,11 @@ def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
         low = F.interpolate(target, size=(up.low_res_size, up.low_res_size), mode="area")
         g = torch.Generator(ctx.device).manual_seed(0)
         cond = upsample_condition(low, up.sample_size)
-        x_T = noised_start(cfg.diffusion, cond, torch.randn(target.shape, generator=g, device=ctx.device))
+        offset = upsampler.offset(low, up.sample_size)
+        x_T = noised_start(cfg.diffusion, cond - offset, torch.randn(target.shape, generator=g, device=ctx.device))
         x0 = sample_loop(upsampler_denoiser(upsampler, low), make_scheduler(cfg.diffusion, Sampler.ddpm),
                          x_T, cfg.diffusion.sample_steps, channels=3, generator=g, progress=False,
-                         start=cfg.diffusion.sample_start).clamp(-1, 1)
+                         start=cfg.diffusion.sample_start).add(offset).clamp(-1, 1)
         save_grid([cond, x0, target], step_png(output, step))
         return {"upsampler/sample_mse": F.mse_loss(x0, target).item()}
 
