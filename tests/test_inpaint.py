@@ -132,7 +132,7 @@ def test_the_mask_is_carried_through_the_upsamplers(tiny_pipeline, monkeypatch):
             last_inputs[slot] = x_t.clone()
             return net(x_t, t, low_res=low_res)
 
-        spy.cfg = net.cfg  # what the cascade reads of an upsampler besides calling it
+        spy.cfg, spy.offset = net.cfg, net.offset  # what the cascade reads of an upsampler besides calling it
         monkeypatch.setitem(tiny_pipeline.upsamplers, slot, spy)
     tiny_pipeline.inpaint(image, "a green triangle", steps=3, progress=False, seed=0)
     assert set(last_inputs) == set(tiny_pipeline.upsamplers)
