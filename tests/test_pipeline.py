@@ -17,6 +17,7 @@ from unclip.diffusion.schedule import make_scheduler
 from unclip.networks.decoder import TextProj
 from unclip.pipeline import SamplingOptions, UnCLIPPipeline, load_image
 from unclip.pipeline.inputs import check_prompts
+from unclip.pipeline.denoisers import decoder_denoiser, prior_denoiser, upsampler_denoiser
 from unclip.pipeline.latents import slerp, text_diff_embeddings
 from unclip.pipeline.manipulate import invert_pixels, manipulation_plan
 from unclip.pipeline.sampling import decode, sample_prior, upsample
@@ -440,6 +441,26 @@ def test_one_sampling_options_object_or_its_fields_as_keywords(tiny_pipeline):
         tiny_pipeline.generate("a red circle", 1, 64)
     with pytest.raises(ValueError, match="precision: 'fp8'"):
         SamplingOptions(precision="fp8")
+
+
+def test_every_denoiser_returns_float32_under_bf16_autocast(tiny_pipeline):
+    """Guidance's mix and the sampler's step (and the noise DDPM draws in the output's dtype) stay
+    float32 when the networks run in bf16."""
+    pipe = tiny_pipeline
+    text, empty = pipe.clip.encode_text(["a red circle"]), pipe.empty_caption()
+    t = torch.tensor([500])
+    side = pipe.decoder.cfg.sample_size
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for guidance in (1.0, 3.0):
+            fn = prior_denoiser(pipe.prior, text, empty, guidance)
+            assert fn(torch.randn(1, pipe.prior.cfg.embedding_dim), t).dtype == torch.float32
+            fn = decoder_denoiser(pipe.decoder, torch.randn(1, pipe.prior.cfg.embedding_dim), text, empty, guidance)
+            assert fn(torch.randn(1, 3, side, side), t).dtype == torch.float32
+        for upsampler in pipe.upsamplers.values():
+            low = torch.randn(1, 3, side, side)
+            high = upsampler.cfg.sample_size
+            assert upsampler_denoiser(upsampler, low)(torch.randn(1, 3, high, high), t).dtype == torch.float32
+            side = high
 
 
 def test_bf16_precision_autocasts_every_stage(tiny_pipeline):

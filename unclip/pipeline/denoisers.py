@@ -5,7 +5,8 @@ built here and nowhere else (the pipeline and the training monitors both use the
 uncond is the empty caption's encodings (``empty``, one row) for the prior, and the empty caption
 with the decoder's learned null image embedding for the decoder, whose guidance moves eps only
 (its variance channels come from the conditional half). Guidance 1 calls the network once, on
-the conditional batch alone.
+the conditional batch alone. Every output is float32: under bf16 autocast a network returns
+bf16, and guidance's ``u + s·(c − u)`` and the sampler's step must not be rounded to 8 bits.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def prior_denoiser(prior: Prior, text: TextEncoding, empty: TextEncoding, guidan
     cond = with_uncond(text, empty) if guidance != 1 else text
 
     def model_fn(x_t, t):
-        return prior(x_t, t, text_emb=cond.emb, text_tokens=cond.tokens, text_mask=cond.mask)
+        return prior(x_t, t, text_emb=cond.emb, text_tokens=cond.tokens, text_mask=cond.mask).float()
 
     return guided(model_fn, guidance) if guidance != 1 else model_fn
 
@@ -43,7 +44,7 @@ def decoder_denoiser(decoder: Decoder, image_emb: torch.Tensor, text: TextEncodi
         text = with_uncond(text, empty)
 
     def model_fn(x_t, t):
-        return decoder(x_t, t, image_emb=image_emb, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+        return decoder(x_t, t, image_emb=image_emb, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask).float()
 
     return guided(model_fn, guidance, guide_channels=3) if guidance != 1 else model_fn
 
@@ -55,6 +56,6 @@ def upsampler_denoiser(upsampler: Upsampler, low_res: torch.Tensor, last_step: U
 
     def model_fn(x_t, t):
         model = last_step if last_step is not None and int(t[0]) == final_t else upsampler
-        return model(x_t, t, low_res=low_res)
+        return model(x_t, t, low_res=low_res).float()
 
     return model_fn
