@@ -91,3 +91,27 @@ def test_grain_is_measured_away_from_edges():
     assert bench.background_std(halo, real) == 0.0
     grainy = halo + np.random.default_rng(0).normal(0, 3, halo.shape)
     assert 2.5 < bench.background_std(grainy, real) < 3.5
+
+
+def test_the_precision_fid_bench_scores_the_evals_own_fp32_images(tiny_pipeline_dir, capsys):
+    """Its fp32 FID is ``unclip eval``'s FID on the same scenes and seeds; bf16 is a different,
+    nearby sample set; the grain control moves the images."""
+    import importlib.util
+
+    from unclip.evaluation.fid import InceptionFeatures
+    from unclip.evaluation.report import EvalSettings, fid
+    from unclip.pipeline import UnCLIPPipeline
+
+    spec = importlib.util.spec_from_file_location("precision_fid", ROOT / "bench" / "precision_fid.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--checkpoint", str(tiny_pipeline_dir), "--images", "6", "--batch", "3",
+                       "--decoder-steps", "1", "--grain", "20"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    pipe = UnCLIPPipeline.from_pretrained(tiny_pipeline_dir)
+    side = pipe.sizes[0]
+    settings = EvalSettings(fid_images=6, fid_sizes=(side,), batch=3, steps={"decoder": 1})
+    expected = fid(pipe, [side], settings, InceptionFeatures())[str(side)]
+    assert abs(report["fid"]["fp32"] - expected) < 1e-3 * expected
+    assert report["fid"]["bf16"] != report["fid"]["fp32"] and report["fid"]["fp32 + grain"] != report["fid"]["fp32"]
+    assert 0 < report["bf16_vs_fp32_levels"]["mean"] <= report["bf16_vs_fp32_levels"]["max"]
