@@ -16,8 +16,12 @@ from unclip.data.images import tensor_to_pil
 from unclip.diffusion.schedule import make_scheduler
 from unclip.networks.decoder import TextProj
 from unclip.pipeline import SamplingOptions, UnCLIPPipeline, load_image
+from unclip.pipeline.denoisers import (
+    decoder_denoiser,
+    prior_denoiser,
+    upsampler_denoiser,
+)
 from unclip.pipeline.inputs import check_prompts
-from unclip.pipeline.denoisers import decoder_denoiser, prior_denoiser, upsampler_denoiser
 from unclip.pipeline.latents import slerp, text_diff_embeddings
 from unclip.pipeline.manipulate import invert_pixels, manipulation_plan
 from unclip.pipeline.sampling import decode, sample_prior, upsample

@@ -44,7 +44,8 @@ def decoder_denoiser(decoder: Decoder, image_emb: torch.Tensor, text: TextEncodi
         text = with_uncond(text, empty)
 
     def model_fn(x_t, t):
-        return decoder(x_t, t, image_emb=image_emb, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask).float()
+        out = decoder(x_t, t, image_emb=image_emb, text_emb=text.emb, text_tokens=text.tokens, text_mask=text.mask)
+        return out.float()
 
     return guided(model_fn, guidance, guide_channels=3) if guidance != 1 else model_fn
 
