@@ -3,7 +3,8 @@ unclip decoder and prior, of DALLE2-pytorch's ``Unet``+``Decoder`` and ``Diffusi
 ``DiffusionPrior``, and of diffusers' blocks used directly, at about equal parameter counts, in one run.
 
     python bench/train_peers.py --peer-python /path/to/dalle2-venv/bin/python [--precisions fp32 bf16]
-                                [--models decoder-5.8M decoder-26M prior] [--steps 3] [--peak-size 4096] [--json]
+                                [--models decoder-5.8M decoder-26M prior] [--steps 3] [--peak-size 4096]
+                                [--device cpu|cuda] [--batch N] [--json]
 
 DALLE2-pytorch (``dalle2-pytorch==1.15.6``) pins ``open-clip-torch<3``, so it lives in its own
 virtual environment and runs as a subprocess of this script (``--worker dalle2``):
@@ -13,7 +14,9 @@ virtual environment and runs as a subprocess of this script (``--worker dalle2``
 Without ``--peer-python`` its rows are left out (said in one line). Sizes: decoders at 64×64, batch 16,
 conditioned on a 256-d image embedding and 77 text tokens of width 256 (~5.8M: channels 32,64,128,128,
 one layer per block; ~26M: 64,128,192,256, two); priors of width 256, 6 layers, 77 text tokens, batch 64.
-Each row is the median of ``--steps`` timed steps after a warm-up step, on one batch already in memory;
+``--batch`` replaces the decoders' batch (a GPU needs far more than 16 to be busy); ``--device``
+defaults to CUDA where there is one. Each row is the median of ``--steps`` timed steps after a warm-up
+step, on one batch already in memory (on the device; CUDA is synchronised around each step);
 bf16 is autocast around the forward and the loss. Reported: parameters, seconds per step, samples per
 second, the ratio of each peer's samples/s to unclip's (above 1: the peer is faster) and the MFU: the
 step's FLOPs (``torch.utils.flop_counter.FlopCounterMode`` over one step: the matmuls and convolutions of
@@ -41,21 +44,28 @@ MODELS = (*DECODERS, "prior")
 SIDE, DECODER_BATCH, PRIOR_BATCH, WIDTH, TOKENS, HEAD_DIM = 64, 16, 64, 256, 77, 32
 
 
-def timed(step, steps: int) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, steps: int, device: torch.device = torch.device("cpu")) -> float:
     """Median seconds of ``steps`` calls of ``step`` after one warm-up call."""
     step()
     times = []
     for _ in range(steps):
+        sync(device)
         start = time.perf_counter()
         step()
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def trainer(model: torch.nn.Module, loss_fn, precision: str):
+def trainer(model: torch.nn.Module, loss_fn, precision: str, device: torch.device = torch.device("cpu")):
     """One AdamW step of ``loss_fn()`` (autocast to bf16 when asked)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    cast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    cast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
     def step():
         with cast:
@@ -75,25 +85,26 @@ def step_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak(size: int, repeats: int = 5) -> float:
+def matmul_peak(size: int, repeats: int = 5, device: torch.device = torch.device("cpu")) -> float:
     """FLOP/s of the fastest of ``repeats`` ``size``³ bf16 matmuls (each after a warm-up one)."""
-    a, b = (torch.randn(size, size, generator=torch.Generator().manual_seed(i)).bfloat16() for i in (0, 1))
-    return 2 * size ** 3 / min(timed(lambda: a @ b, 1) for _ in range(repeats))
+    a, b = (torch.randn(size, size, generator=torch.Generator().manual_seed(i)).bfloat16().to(device) for i in (0, 1))
+    return 2 * size ** 3 / min(timed(lambda: a @ b, 1, device) for _ in range(repeats))
 
 
 def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def inputs(model: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def inputs(model: str, generator: torch.Generator, decoder_batch: int = DECODER_BATCH,
+           device: torch.device = torch.device("cpu")) -> dict[str, torch.Tensor]:
     """The batch every implementation of ``model`` trains on."""
-    b = PRIOR_BATCH if model == "prior" else DECODER_BATCH
+    b = PRIOR_BATCH if model == "prior" else decoder_batch
     out = {"image_emb": torch.randn(b, WIDTH, generator=generator),
            "text_emb": torch.randn(b, WIDTH, generator=generator),
            "text_tokens": torch.randn(b, TOKENS, WIDTH, generator=generator)}
     if model != "prior":
         out["images"] = torch.rand(b, 3, SIDE, SIDE, generator=generator) * 2 - 1
-    return out
+    return {k: v.to(device) for k, v in out.items()}
 
 
 # unclip and diffusers, in this process
@@ -106,10 +117,11 @@ def unclip_case(model: str, batch: dict):
     from unclip.networks.prior import Prior
     from unclip.training.losses import decoder_loss, prior_loss
 
-    b = len(batch["image_emb"])
-    mask = torch.ones(b, TOKENS, dtype=torch.bool)
+    b, device = len(batch["image_emb"]), batch["image_emb"].device
+    mask = torch.ones(b, TOKENS, dtype=torch.bool, device=device)
     text = TextEncoding(batch["text_tokens"], mask, batch["text_emb"])
-    empty = TextEncoding(torch.zeros(1, TOKENS, WIDTH), torch.ones(1, TOKENS, dtype=torch.bool), torch.zeros(1, WIDTH))
+    empty = TextEncoding(torch.zeros(1, TOKENS, WIDTH, device=device), torch.ones(1, TOKENS, dtype=torch.bool,
+                         device=device), torch.zeros(1, WIDTH, device=device))
     if model == "prior":
         net = Prior(PriorConfig(num_attention_heads=WIDTH // 64, attention_head_dim=64, num_layers=6,
                                 embedding_dim=WIDTH, num_embeddings=TOKENS, text_drop=0.1))
@@ -136,10 +148,11 @@ def diffusers_case(model: str, batch: dict):
 
         def loss():
             x0 = batch["image_emb"]
-            t = torch.randint(0, 1000, (len(x0),))
+            t = torch.randint(0, 1000, (len(x0),), device=x0.device)
             x_t = noise_schedule.add_noise(x0, torch.randn_like(x0), t)
             out = net(x_t, t, proj_embedding=batch["text_emb"], encoder_hidden_states=batch["text_tokens"],
-                      attention_mask=torch.ones(len(x0), TOKENS, dtype=torch.bool)).predicted_image_embedding
+                      attention_mask=torch.ones(len(x0), TOKENS, dtype=torch.bool, device=x0.device)
+                      ).predicted_image_embedding
             return F.mse_loss(out, x0)
         return net, loss
     channels, layers = DECODERS[model]
@@ -153,7 +166,7 @@ def diffusers_case(model: str, batch: dict):
 
     def loss():
         x0 = batch["images"]
-        t = torch.randint(0, 1000, (len(x0),))
+        t = torch.randint(0, 1000, (len(x0),), device=x0.device)
         noise = torch.randn_like(x0)
         out = net(noise_schedule.add_noise(x0, noise, t), t, encoder_hidden_states=batch["text_tokens"],
                   class_labels=batch["image_emb"]).sample
@@ -187,28 +200,31 @@ def dalle2_case(model: str, batch: dict):
 CASES = {"unclip": unclip_case, "diffusers blocks": diffusers_case, "DALLE2-pytorch": dalle2_case}
 
 
-def measure(impl: str, model: str, precision: str, steps: int) -> dict:
+def measure(impl: str, model: str, precision: str, steps: int, decoder_batch: int = DECODER_BATCH,
+            device: torch.device = torch.device("cpu")) -> dict:
     torch.manual_seed(0)
-    batch = inputs(model, torch.Generator().manual_seed(0))
+    batch = inputs(model, torch.Generator().manual_seed(0), decoder_batch, device)
     net, loss_fn = CASES[impl](model, batch)
-    net.train()
-    step = trainer(net, loss_fn, precision)
+    net.to(device).train()
+    step = trainer(net, loss_fn, precision, device)
     flops = step_flops(step)  # also the warm-up
-    seconds = timed(step, steps)
+    seconds = timed(step, steps, device)
     b = len(batch["image_emb"])
     return {"model": model, "impl": impl, "precision": precision, "params": params(net), "batch": b,
             "seconds": seconds, "samples_per_s": b / seconds, "ratio": None, "flops": flops}
 
 
 def run_worker(args) -> int:
-    rows = [measure("DALLE2-pytorch", m, p, args.steps) for m in args.models for p in args.precisions]
+    rows = [measure("DALLE2-pytorch", m, p, args.steps, args.batch, torch.device(args.device))
+            for m in args.models for p in args.precisions]
     print(json.dumps({"rows": rows}))
     return 0
 
 
 def peer_rows(args) -> list[dict]:
     command = [args.peer_python, __file__, "--worker", "dalle2", "--steps", str(args.steps),
-               "--models", *args.models, "--precisions", *args.precisions]
+               "--models", *args.models, "--precisions", *args.precisions, "--batch", str(args.batch),
+               "--device", args.device]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the DALLE2-pytorch worker failed ({args.peer_python}):\n{done.stderr[-3000:]}")
@@ -222,18 +238,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (median)")
     parser.add_argument("--peak-size", type=int, default=4096, help="side of the bf16 matmul that sets the peak")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=DECODER_BATCH, help="the decoders' batch")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", choices=["dalle2"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.peak_size < 1:
-        parser.error("--steps and --peak-size must be at least 1")
+    if args.steps < 1 or args.peak_size < 1 or args.batch < 1:
+        parser.error("--steps, --peak-size and --batch must be at least 1")
     if args.worker:
         return run_worker(args)
 
-    peak = matmul_peak(args.peak_size)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one optimisation step, median of "
+    device = torch.device(args.device)
+    peak = matmul_peak(args.peak_size, device=device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; one optimisation step, median of "
           f"{args.steps}; bf16 matmul peak {peak / 1e9:.0f} GFLOP/s ({args.peak_size}³)")
-    rows = [measure(impl, m, p, args.steps) for m in args.models for p in args.precisions
+    rows = [measure(impl, m, p, args.steps, args.batch, device) for m in args.models for p in args.precisions
             for impl in ("unclip", "diffusers blocks")]
     if args.peer_python:
         rows += peer_rows(args)
@@ -251,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['seconds']:>7.3f} {r['samples_per_s']:>9.1f} {ratio:>11} {r['flops'] / 1e9:>10.1f} "
               f"{100 * r['mfu']:>5.1f}%", flush=True)
     if args.json:
-        print(json.dumps({"peak_flops": peak, "rows": rows}))
+        print(json.dumps({"peak_flops": peak, "device": where, "rows": rows}))
     return 0
 
 

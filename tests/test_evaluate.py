@@ -183,6 +183,28 @@ def test_eval_sampler_replaces_the_checkpoints_own_on_the_named_stages(tmp_path)
     assert "decoder ddim 2 steps" in (out / "report.md").read_text()
 
 
+def test_eval_guidance_replaces_the_checkpoints_own_on_the_named_stages(tmp_path):
+    out = tmp_path / "eval"
+    code = main(["eval", "--random-from", "configs/tiny", "--out", str(out), "--prompts", "1", "--fid-images", "0",
+                 "--detector-scenes", "40", "--prior-captions", "1", "--variation-images", "1",
+                 "--interpolations", "1", "--batch", "4", "--steps", "prior=1", "decoder=2", "upsampler=1",
+                 "--guidance", "2.5", "decoder=5"])
+    assert code == 0
+    sampling = json.loads((out / "report.json").read_text())["sampling"]
+    assert sampling["decoder"]["guidance"] == 5.0  # STAGE=G wins over the bare scale
+    assert sampling["prior"]["guidance"] == 2.5
+    assert sampling["upsampler_256"]["guidance"] == 1  # never guided
+    assert "decoder ddpm 2 steps guidance 5" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("value, message", [("upsampler=2", "only the prior and the decoder are guided"),
+                                            ("decoder=-1", "expected a scale >= 0")])
+def test_eval_rejects_bad_guidance_before_loading(capsys, monkeypatch, value, message):
+    monkeypatch.setattr(eval_command, "load_pipeline", lambda args: pytest.fail("loaded before checking"))
+    assert main(["eval", "--random-from", "configs/tiny", "--guidance", value]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_eval_rejects_an_unknown_sampler_before_loading(capsys, monkeypatch):
     monkeypatch.setattr(eval_command, "load_pipeline", lambda args: pytest.fail("loaded before checking"))
     assert main(["eval", "--random-from", "configs/tiny", "--sampler", "decoder=euler"]) == 2

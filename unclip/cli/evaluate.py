@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", nargs="+", type=stage_value(str), metavar="[STAGE=]NAME",
                         help="ddpm, ddim, dpmpp or unclip: for every stage, or STAGE=NAME, in place of the "
                              "checkpoint's own (e.g. for a step-count study; the report records the samplers)")
+    parser.add_argument("--guidance", nargs="+", type=stage_value(float), metavar="[STAGE=]G",
+                        help="classifier-free guidance scale: G for the prior and the decoder, or prior=G, "
+                             "decoder=G, in place of the checkpoint's own (e.g. for a guidance study; the report "
+                             "records it)")
     parser.add_argument("--compare-priors", nargs="+", metavar="NAME",
                         help="prior sub-folders of the checkpoint to put side by side through its decoder "
                              "(default: every prior sub-folder, e.g. prior and prior_ar, when there are several)")
@@ -95,14 +99,29 @@ def _samplers(args: argparse.Namespace):
     return stage_values(args.sampler, SAMPLED_STAGES)
 
 
-def use_samplers(pipe, sampler):
-    """The pipeline with ``sampler`` (as ``SamplingOptions.sampler`` takes it) as its stages'
-    default sampler, resolved per stage by the pipeline's own plan."""
+def _guidance(args: argparse.Namespace):
+    """--guidance as ``SamplingOptions.guidance`` takes it (``{stage: scale}``, a bare value for the
+    prior and the decoder), checked here, before anything loads; None without the flag."""
+    from unclip.config import GUIDED_STAGES
+
+    for stage, scale in getattr(args, "guidance", None) or []:
+        if stage is not None and stage not in GUIDED_STAGES:
+            raise ValueError(f"--guidance: only the prior and the decoder are guided (got {stage}={scale:g})")
+        if not scale >= 0:
+            raise ValueError(f"--guidance: expected a scale >= 0, got {scale:g}")
+    return stage_values(getattr(args, "guidance", None), GUIDED_STAGES)
+
+
+def use_samplers(pipe, sampler, guidance=None):
+    """The pipeline with ``sampler`` and ``guidance`` (as ``SamplingOptions`` takes them) as its
+    stages' defaults, resolved per stage by the pipeline's own plan."""
     from dataclasses import replace
 
-    if sampler:
-        for stage, run in pipe.plan(list(pipe.sampling), sampler=sampler).items():
-            pipe.sampling[stage] = replace(pipe.sampling[stage], sampler=run.sampler)
+    if sampler or guidance:
+        for stage, run in pipe.plan(list(pipe.sampling), sampler=sampler, guidance=guidance).items():
+            defaults = pipe.sampling[stage]
+            pipe.sampling[stage] = replace(defaults, sampler=run.sampler,
+                                           diffusion=replace(defaults.diffusion, guidance_scale=run.guidance))
     return pipe
 
 
@@ -139,8 +158,8 @@ def run_emoji(args: argparse.Namespace, settings) -> int:
     from unclip.cli.common import save_grid
     from unclip.evaluation.emoji import markdown, run_emoji_eval, sheet_prompts
 
-    samplers = _samplers(args)  # checked before loading
-    pipe = use_samplers(load_pipeline(args), samplers)
+    samplers, guidance = _samplers(args), _guidance(args)  # checked before loading
+    pipe = use_samplers(load_pipeline(args), samplers, guidance)
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         report = run_emoji_eval(pipe, settings)
         report["settings"]["bf16_autocast"] = args.bf16
@@ -188,8 +207,8 @@ def run(args: argparse.Namespace) -> int:
     if args.suite == "emoji-clip":
         return run_emoji_clip(args, settings)
     priors = _priors_to_compare(args)  # checked before the long run
-    samplers = _samplers(args)
-    pipe = use_samplers(load_pipeline(args), samplers)
+    samplers, guidance = _samplers(args), _guidance(args)
+    pipe = use_samplers(load_pipeline(args), samplers, guidance)
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         report = run_eval(pipe, settings)
         report["settings"]["bf16_autocast"] = args.bf16
@@ -199,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
             pipes = {name: pipe if name == args.prior else
                      use_samplers(UnCLIPPipeline.from_pretrained(args.checkpoint_path, device=pipe.device,
-                                                                 prior=name), samplers)
+                                                                 prior=name), samplers, guidance)
                      for name in priors}
             report["priors"] = compare_priors(pipes, settings)
         args.out.mkdir(parents=True, exist_ok=True)
