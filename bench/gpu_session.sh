@@ -37,12 +37,12 @@ if [ "$SMOKE" = 0 ]; then
   PEER="--peer-python /tmp/peerpy"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   python3 -c "import torch, diffusers, open_clip, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'open_clip', open_clip.__version__, 'transformers', transformers.__version__)"
-  DEV=cuda PREC=bf16 W256=4 W1024=7 B256=64 B1024=32
+  CKPT=200 DEV=cuda PREC=bf16 W256=4 W1024=7 B256=64 B1024=32
   PEERS="--steps 5 --peak-size 8192"; SAMPLING="--repeats 3"
 else
   export PYTHONPATH=$PWD
   PEER=${PEER_PYTHON:+--peer-python $PEER_PYTHON}  # a python with dalle2-pytorch, if any
-  DEV=cpu PREC=no W256=1 W1024=1 B256=2 B1024=2
+  CKPT=2 DEV=cpu PREC=no W256=1 W1024=1 B256=2 B1024=2
   PEERS="--steps 1 --peak-size 256 --models prior --precisions fp32 --batch 2"; SAMPLING="--repeats 1 --batches 1 --steps 2 2 2 --no-bf16"
 fi
 
@@ -64,7 +64,7 @@ timeout 110 python3 bench/sampling.py --device $DEV --checkpoint checkpoints/sha
 grep -v '^{' "$OUT/sampling_shapes.txt" | tail -14
 
 # 2. upsamplers side by side until the deadline (#18)
-COMMON="training.mixed_precision=$PREC training.steps=100000 training.checkpoint_every=200 training.sample_every=100000 training.log_every=50"
+COMMON="training.mixed_precision=$PREC training.steps=100000 training.checkpoint_every=$CKPT training.sample_every=100000 training.log_every=50"
 train() {  # seconds name config overrides...
   local secs=$1 name=$2 config=$3; shift 3
   timeout -s INT "$secs" python3 -m unclip train upsampler --config "$config" --output $R/$name $COMMON "$@" > $R/$name.log 2>&1
