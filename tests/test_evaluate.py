@@ -170,12 +170,16 @@ def test_eval_cli_rejects_bad_counts(capsys):
     assert "--prompts" in capsys.readouterr().err
 
 
+def small_eval(out, *extra) -> int:
+    """``unclip eval`` on tiny random weights with the smallest counts and steps, plus ``extra``."""
+    return main(["eval", "--random-from", "configs/tiny", "--out", str(out), "--prompts", "1", "--fid-images", "0",
+                 "--detector-scenes", "40", "--prior-captions", "1", "--variation-images", "1",
+                 "--interpolations", "1", "--batch", "4", "--steps", "prior=1", "decoder=2", "upsampler=1", *extra])
+
+
 def test_eval_sampler_replaces_the_checkpoints_own_on_the_named_stages(tmp_path):
     out = tmp_path / "eval"
-    code = main(["eval", "--random-from", "configs/tiny", "--out", str(out), "--prompts", "1", "--fid-images", "0",
-                 "--detector-scenes", "40", "--prior-captions", "1", "--variation-images", "1",
-                 "--interpolations", "1", "--batch", "4", "--steps", "prior=1", "decoder=2", "upsampler=1",
-                 "--sampler", "dpmpp", "decoder=ddim"])
+    code = small_eval(out, "--sampler", "dpmpp", "decoder=ddim")
     assert code == 0
     sampling = json.loads((out / "report.json").read_text())["sampling"]
     assert sampling["decoder"]["sampler"] == "ddim"  # STAGE=NAME wins over the bare name
@@ -185,10 +189,7 @@ def test_eval_sampler_replaces_the_checkpoints_own_on_the_named_stages(tmp_path)
 
 def test_eval_guidance_replaces_the_checkpoints_own_on_the_named_stages(tmp_path):
     out = tmp_path / "eval"
-    code = main(["eval", "--random-from", "configs/tiny", "--out", str(out), "--prompts", "1", "--fid-images", "0",
-                 "--detector-scenes", "40", "--prior-captions", "1", "--variation-images", "1",
-                 "--interpolations", "1", "--batch", "4", "--steps", "prior=1", "decoder=2", "upsampler=1",
-                 "--guidance", "2.5", "decoder=5"])
+    code = small_eval(out, "--guidance", "2.5", "decoder=5")
     assert code == 0
     sampling = json.loads((out / "report.json").read_text())["sampling"]
     assert sampling["decoder"]["guidance"] == 5.0  # STAGE=G wins over the bare scale
