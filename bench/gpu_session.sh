@@ -49,7 +49,7 @@ fi
 # 1. benches, alone on the GPU (#17)
 log "train_peers, batch 16"
 timeout 170 python3 bench/train_peers.py --device $DEV $PEER $PEERS --json > "$OUT/peers16.txt" 2>&1
-tail -n +1 "$OUT/peers16.txt" | grep -v '^{' | tail -22
+grep -v '^{' "$OUT/peers16.txt" | tail -22
 if [ "$SMOKE" = 0 ]; then
   log "train_peers, decoder-26M bf16 at batch 256"
   timeout 80 python3 bench/train_peers.py --device $DEV $PEER --models decoder-26M --precisions bf16 \
@@ -90,13 +90,20 @@ for name in up1024 up256 up256big; do
   stage=$(grep -o 'upsampler_[0-9]*' $d/config.yaml | head -1)
   python3 -m unclip train upsampler --config $d/config.yaml --output $d --resume training.steps=$step > $d.export.log 2>&1 \
     || tail -5 $d.export.log
-  python3 - "$d/export/$stage/model.safetensors" <<'EOF'
-import sys, torch
-from safetensors.torch import load_file, save_file
-path = sys.argv[1]
-save_file({k: v.half() if v.is_floating_point() and v.dim() > 1 else v for k, v in load_file(path).items()}, path)
+  python3 - "$d/export/$stage" <<'EOF'  # fp16 weight matrices, as the shipped checkpoints (unclip.checkpoint)
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from unclip.checkpoint import CONFIG_NAME, WEIGHTS_NAME, write_folder
+
+folder = Path(sys.argv[1])
+write_folder(folder, load_file(folder / WEIGHTS_NAME), json.loads((folder / CONFIG_NAME).read_text()), torch.float16)
 EOF
   log "$name: step $step; $(grep -c . $d/log.jsonl) log lines; $(tail -1 $d/log.jsonl | cut -c1-300)"
-  tar -C $d -cf "$OUT/$name.tar" export log.jsonl config.yaml samples
+  tar -C $d -cf "$OUT/$name.tar" export log.jsonl config.yaml
 done
 log "done"

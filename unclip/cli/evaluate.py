@@ -104,15 +104,15 @@ def _guidance(args: argparse.Namespace):
     prior and the decoder), checked here, before anything loads; None without the flag."""
     from unclip.config import GUIDED_STAGES
 
-    for stage, scale in getattr(args, "guidance", None) or []:
+    for stage, scale in args.guidance or []:
         if stage is not None and stage not in GUIDED_STAGES:
             raise ValueError(f"--guidance: only the prior and the decoder are guided (got {stage}={scale:g})")
         if not scale >= 0:
             raise ValueError(f"--guidance: expected a scale >= 0, got {scale:g}")
-    return stage_values(getattr(args, "guidance", None), GUIDED_STAGES)
+    return stage_values(args.guidance, GUIDED_STAGES)
 
 
-def use_samplers(pipe, sampler, guidance=None):
+def use_sampling_defaults(pipe, sampler, guidance=None):
     """The pipeline with ``sampler`` and ``guidance`` (as ``SamplingOptions`` takes them) as its
     stages' defaults, resolved per stage by the pipeline's own plan."""
     from dataclasses import replace
@@ -159,7 +159,7 @@ def run_emoji(args: argparse.Namespace, settings) -> int:
     from unclip.evaluation.emoji import markdown, run_emoji_eval, sheet_prompts
 
     samplers, guidance = _samplers(args), _guidance(args)  # checked before loading
-    pipe = use_samplers(load_pipeline(args), samplers, guidance)
+    pipe = use_sampling_defaults(load_pipeline(args), samplers, guidance)
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         report = run_emoji_eval(pipe, settings)
         report["settings"]["bf16_autocast"] = args.bf16
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         return run_emoji_clip(args, settings)
     priors = _priors_to_compare(args)  # checked before the long run
     samplers, guidance = _samplers(args), _guidance(args)
-    pipe = use_samplers(load_pipeline(args), samplers, guidance)
+    pipe = use_sampling_defaults(load_pipeline(args), samplers, guidance)
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         report = run_eval(pipe, settings)
         report["settings"]["bf16_autocast"] = args.bf16
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             from unclip.pipeline import UnCLIPPipeline
 
             pipes = {name: pipe if name == args.prior else
-                     use_samplers(UnCLIPPipeline.from_pretrained(args.checkpoint_path, device=pipe.device,
+                     use_sampling_defaults(UnCLIPPipeline.from_pretrained(args.checkpoint_path, device=pipe.device,
                                                                  prior=name), samplers, guidance)
                      for name in priors}
             report["priors"] = compare_priors(pipes, settings)
