@@ -9,7 +9,10 @@ Both pipelines share the same networks (diffusers' gets them through ``unclip.pi
 and run Karlo's default steps (prior 25, decoder 25, upsampler 7) at batch 1 and 4. The first
 rows are like for like (UnCLIPScheduler everywhere, one prior sample per image, text → the first
 upsampler's size); the others show unclip's own defaults (ancestral DDPM, best of 2 prior samples),
-DPM-Solver++ with fewer steps, bf16 autocast and the second upsampler where one exists. Each
+DPM-Solver++ with fewer steps, bf16 autocast and the second upsampler where one exists. unclip's
+UNets run in the memory format the pipeline picks for the device (channels_last on the CPU);
+diffusers' pipeline gets contiguous copies, as it loads them, and on the CPU a row "NCHW UNets" runs
+unclip the same way, to show what the layout is worth. Each
 figure is the best of ``--repeats`` rounds (rows interleaved) after one warm-up run. ``--compile``
 compiles unclip's networks (``torch.compile``, ``unclip.pipeline.compiled``; diffusers' pipeline
 calls the inner UNets and stays eager) and prints each row's first call, which pays the compile
@@ -19,6 +22,7 @@ time, apart. Not a test; needs transformers for the diffusers side (skipped with
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -66,18 +70,30 @@ def theirs(oracle, steps):
     return run
 
 
+def contiguous_copy(pipe: UnCLIPPipeline) -> UnCLIPPipeline:
+    """A copy of ``pipe`` whose UNets keep PyTorch's default (NCHW) layout, as diffusers loads them."""
+    twin = copy.deepcopy(pipe)
+    for net in (twin.decoder, *twin.upsamplers.values(), *twin.last_steps.values()):
+        net.to(memory_format=torch.contiguous_format)
+    return twin
+
+
 def build_rows(pipe: UnCLIPPipeline, device: torch.device, steps: dict, bf16: bool) -> list[tuple[str, object]]:
     """(label, run(batch)) per row. The like-for-like rows need diffusers' UnCLIPScheduler on
     every stage, which has no v prediction: for a pipeline with a v stage (the shipped shapes
     decoder) they are left out, with the reason printed."""
     sizes, rows = pipe.sizes, []
+    nchw = contiguous_copy(pipe)
     try:
         from unclip.pipeline.karlo import to_diffusers
 
-        oracle = to_diffusers(pipe).to(device)
+        oracle = to_diffusers(nchw).to(device)
         oracle.set_progress_bar_config(disable=True)
         rows.append((f"diffusers UnCLIPPipeline  → {sizes[1]}", theirs(oracle, steps)))
         rows.append((f"unclip, same samplers     → {sizes[1]}", ours(pipe, sizes[1], sampler="unclip", steps=steps)))
+        if device.type == "cpu":
+            rows.append((f"unclip as above, NCHW UNets → {sizes[1]}",
+                         ours(nchw, sizes[1], sampler="unclip", steps=steps)))
         if bf16:
             rows.append((f"unclip bf16 autocast      → {sizes[1]}",
                          ours(pipe, sizes[1], sampler="unclip", steps=steps, precision="bf16")))
@@ -87,6 +103,9 @@ def build_rows(pipe: UnCLIPPipeline, device: torch.device, steps: dict, bf16: bo
         print(f"(no like-for-like rows: {err})\n")
     rows.append((f"unclip defaults (best of 2) → {sizes[1]}", ours(pipe, sizes[1], sampler="ddpm", candidates=2,
                  steps=steps)))
+    if device.type == "cpu":
+        rows.append((f"unclip defaults, NCHW UNets → {sizes[1]}", ours(nchw, sizes[1], sampler="ddpm", candidates=2,
+                     steps=steps)))
     fast_steps = {"prior": 10, "decoder": 10, "upsampler": steps["upsampler"]}
     rows.append((f"unclip dpmpp 10/10/{fast_steps['upsampler']}      → {sizes[1]}",
                  ours(pipe, sizes[1], sampler={"prior": "dpmpp", "decoder": "dpmpp"}, steps=fast_steps)))
@@ -95,6 +114,8 @@ def build_rows(pipe: UnCLIPPipeline, device: torch.device, steps: dict, bf16: bo
                      steps=steps, precision="bf16")))
     if len(sizes) > 2:
         rows.append((f"unclip defaults           → {sizes[2]}", ours(pipe, sizes[2], steps=steps)))
+        if device.type == "cpu":
+            rows.append((f"unclip defaults, NCHW UNets → {sizes[2]}", ours(nchw, sizes[2], steps=steps)))
     return rows
 
 

@@ -77,7 +77,7 @@ def diffusers_oracle(monkeypatch):
     """A function ``run(oracle, pipe, prompts, steps, guidance, seed) -> (images, decoder_output)``
     that drives a diffusers ``UnCLIPPipeline`` with our CLIP's encodings.
 
-    Two alignments make both sides see bit-identical inputs, so that 1e-4 is a fair tolerance
+    Two alignments make both sides see bit-identical inputs, so that 3e-4 is a fair tolerance
     with random weights (whose first steps at t = 999 amplify 1e-7 differences a millionfold):
 
     - the unconditional branch calls ``tokenizer("")`` and the transformers text encoder; after

@@ -141,3 +141,15 @@ def test_a_real_process_reports_errors_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"unclip generate: error: --checkpoint: no pipeline folder at {tmp_path / 'nowhere'}"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["nosuch"]])
+def test_help_and_argument_errors_come_before_torch_is_imported(argv):
+    """Only the named subcommand's arguments are built, so ``unclip --help`` or a mistyped command
+    answers in a tenth of a second instead of waiting for torch (another subcommand's arguments
+    import it)."""
+    code = ("import sys\nfrom unclip.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO)
+    assert "usage: unclip" in out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "torch imported: False"

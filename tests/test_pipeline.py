@@ -1,6 +1,7 @@
 """UnCLIPPipeline on the tiny random cascade: generation, input checks, save/load, and the paper's
 manipulations (DDIM inversion, variations, slerp interpolations, text diffs)."""
 
+import copy
 import json
 import math
 import shutil
@@ -15,6 +16,7 @@ from torch import nn
 from unclip.data.images import tensor_to_pil
 from unclip.diffusion.schedule import make_scheduler
 from unclip.networks.decoder import TextProj
+from unclip.networks.layers import inference_memory_format
 from unclip.pipeline import SamplingOptions, UnCLIPPipeline, load_image
 from unclip.pipeline.denoisers import (
     decoder_denoiser,
@@ -480,3 +482,32 @@ def test_bf16_precision_autocasts_every_stage(tiny_pipeline):
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def test_unets_sample_in_channels_last_on_the_cpu_with_the_same_outputs(tiny_pipeline):
+    """The pipeline puts the UNets' weights in channels_last on the CPU (faster there; README,
+    Performance) and feeds their first convolution channels_last input; the outputs are those of
+    the default layout up to float rounding."""
+    pipe = tiny_pipeline
+    torch.manual_seed(0)
+    assert inference_memory_format(torch.device("cpu")) == torch.channels_last
+    assert inference_memory_format(torch.device("cuda")) == torch.contiguous_format  # not measured on a GPU
+    text, empty, t = pipe.clip.encode_text(["a red circle"]), pipe.empty_caption(), torch.tensor([500])
+    emb, side = torch.randn(1, pipe.prior.cfg.embedding_dim), pipe.decoder.cfg.sample_size
+    cases = [(pipe.decoder, lambda net: decoder_denoiser(net, emb, text, empty, 3.0), side)]
+    low = torch.randn(1, 3, side, side)
+    for upsampler in pipe.upsamplers.values():
+        cases.append((upsampler, lambda net, low=low: upsampler_denoiser(net, low), upsampler.cfg.sample_size))
+        low = torch.randn(1, 3, upsampler.cfg.sample_size, upsampler.cfg.sample_size)
+    for net, denoiser, side in cases:
+        conv = net.unet.conv_in
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+        inputs = []
+        hook = conv.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+        x = torch.randn(1, 3, side, side)
+        with torch.no_grad():
+            fast = denoiser(net)(x, t)
+            hook.remove()
+            plain = denoiser(copy.deepcopy(net).to(memory_format=torch.contiguous_format))(x, t)
+        assert inputs and inputs[0].is_contiguous(memory_format=torch.channels_last)
+        assert (fast - plain).abs().max() < 1e-4 and fast.abs().max() > 1e-1

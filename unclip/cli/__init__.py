@@ -27,7 +27,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``unclip`` parser; with ``only``, only that subcommand gets its arguments (the others'
+    ``add_arguments`` may import torch, which ``unclip --help`` or ``unclip generate`` need not wait for)."""
     parser = argparse.ArgumentParser(prog="unclip", description="unCLIP (DALL·E 2): train and sample.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
@@ -38,13 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
+        if only is None or name == only:
+            module.add_arguments(p)
         p.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=next((a for a in argv if not a.startswith("-")), ""))
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

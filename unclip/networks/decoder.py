@@ -22,7 +22,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from unclip.config import DecoderConfig
-from unclip.networks.layers import ConvInWithCoordinates, norm_groups
+from unclip.networks.layers import ConvInWithCoordinates, like_weight, norm_groups
 
 
 class TextProj(nn.Module):
@@ -113,5 +113,6 @@ class Decoder(nn.Module):
         context, time_add = self.text_proj(image_emb=image_emb, text_emb=text_emb, text_tokens=text_tokens)
         # the extra tokens are always attended: pad the mask with True on the left
         mask = F.pad(text_mask, (self.cfg.clip_extra_context_tokens, 0), value=True)
+        x_t = like_weight(x_t, self.unet.conv_in.weight)
         return self.unet(x_t, t, encoder_hidden_states=context, class_labels=time_add,
                          attention_mask=mask).sample

@@ -15,7 +15,7 @@ from torch import nn
 
 from unclip.config import UpsamplerConfig
 from unclip.data.degradations import upsample_condition
-from unclip.networks.layers import norm_groups
+from unclip.networks.layers import like_weight, norm_groups
 
 
 class Upsampler(nn.Module):
@@ -44,4 +44,4 @@ class Upsampler(nn.Module):
         """eps (B, 3, H, W) from x_t (B, 3, H, W) and the conditioning ``low_res`` (B, 3, h, w),
         which is bicubic-upsampled to H here unless it already has that size."""
         cond = upsample_condition(low_res, x_t.shape[-1]).to(x_t.dtype)
-        return self.unet(torch.cat([x_t, cond], dim=1), t).sample
+        return self.unet(like_weight(torch.cat([x_t, cond], dim=1), self.unet.conv_in.weight), t).sample

@@ -23,6 +23,7 @@ import unclip.pipeline.outpaint as outpaint
 from unclip.config import SAMPLED_STAGES, UPSAMPLERS, ClipConfig, Stage
 from unclip.networks.clip import ClipEncoder, TextEncoding
 from unclip.networks.decoder import Decoder
+from unclip.networks.layers import inference_memory_format
 from unclip.networks.prior import Prior
 from unclip.networks.upsampler import Upsampler
 from unclip.pipeline.inputs import ImageInput
@@ -60,6 +61,7 @@ class UnCLIPPipeline:
         self._empty: dict[tuple, TextEncoding] = {}
         for module in self._modules():
             module.eval().requires_grad_(False)
+        self.to(self.device)  # the UNets' memory format for this device
 
     @classmethod
     def from_configs(cls, config_dir: str | Path, seed: int = 0, device: str | torch.device = "cpu") -> UnCLIPPipeline:
@@ -92,9 +94,15 @@ class UnCLIPPipeline:
                 if m is not None]
 
     def to(self, device: str | torch.device) -> UnCLIPPipeline:
-        """Move every network to ``device`` (weights stay float32; ``precision="bf16"`` autocasts)."""
+        """Move every network to ``device`` (weights stay float32; ``precision="bf16"`` autocasts),
+        the UNets' weights in the memory format that is fastest there (``inference_memory_format``)."""
+        unets = [self.decoder, *self.upsamplers.values(), *self.last_steps.values()]
+        memory_format = inference_memory_format(torch.device(device))
         for module in self._modules():
-            module.to(device)
+            if any(module is unet for unet in unets):
+                module.to(device, memory_format=memory_format)
+            else:
+                module.to(device)
         return self
 
     @property
