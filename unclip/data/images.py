@@ -1,6 +1,7 @@
 """PIL ↔ tensor, the one conversion every layer uses: RGB pixels 0..255 ↔ floats in [-1, 1]
-(``x = p / 127.5 − 1``), channels first, contiguous (channels-last strides make every convolution
-of a UNet several times slower on the CPU)."""
+(``x = p / 127.5 − 1``), channels first, contiguous (a layout that does not match a UNet's
+weights makes every convolution slower on the CPU; the UNets put their input in their weights'
+layout themselves, ``networks.layers.like_weight``)."""
 
 from __future__ import annotations
 
