@@ -94,15 +94,8 @@ class UnCLIPPipeline:
                 if m is not None]
 
     def to(self, device: str | torch.device) -> UnCLIPPipeline:
-        """Move every network to ``device`` (weights stay float32; ``precision="bf16"`` autocasts),
-        the UNets' weights in the memory format that is fastest there (``inference_memory_format``)."""
-        unets = [self.decoder, *self.upsamplers.values(), *self.last_steps.values()]
-        memory_format = inference_memory_format(torch.device(device))
-        for module in self._modules():
-            if any(module is unet for unet in unets):
-                module.to(device, memory_format=memory_format)
-            else:
-                module.to(device)
+        """Move every network to ``device`` (see ``move_networks``)."""
+        move_networks(self, torch.device(device))
         return self
 
     @property
@@ -198,6 +191,18 @@ class UnCLIPPipeline:
         """``image`` on a canvas grown by the margins, the new area drawn to fit; see ``outpaint.outpaint``."""
         return outpaint.outpaint(self, image, prompt, SamplingOptions.of(options, overrides),
                                  margins=outpaint.Margins(left, right, top, bottom), context=context, resample=resample)
+
+
+def move_networks(pipe: UnCLIPPipeline, device: torch.device) -> None:
+    """Every network to ``device``, weights float32 (``precision="bf16"`` autocasts), the UNets'
+    weights in the memory format that is fastest there (``inference_memory_format``)."""
+    unets = [pipe.decoder, *pipe.upsamplers.values(), *pipe.last_steps.values()]
+    memory_format = inference_memory_format(device)
+    for module in pipe._modules():
+        if any(module is unet for unet in unets):
+            module.to(device, memory_format=memory_format)
+        else:
+            module.to(device)
 
 
 def _check_widths(pipe: UnCLIPPipeline) -> None:
