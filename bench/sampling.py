@@ -5,14 +5,14 @@ UnCLIPPipeline on identical weights, side by side in one run.
     python bench/sampling.py --configs configs/shapes --repeats 1
     python bench/sampling.py --checkpoint checkpoints/shapes
 
-Both pipelines share the same networks (diffusers' gets them through ``unclip.pipeline.karlo.to_diffusers``)
-and run Karlo's default steps (prior 25, decoder 25, upsampler 7) at batch 1 and 4. The first
+Both pipelines run the same weights (diffusers' gets them through ``unclip.pipeline.karlo.to_diffusers``)
+and Karlo's default steps (prior 25, decoder 25, upsampler 7) at batch 1 and 4. The first
 rows are like for like (UnCLIPScheduler everywhere, one prior sample per image, text → the first
 upsampler's size); the others show unclip's own defaults (ancestral DDPM, best of 2 prior samples),
 DPM-Solver++ with fewer steps, bf16 autocast and the second upsampler where one exists. unclip's
 UNets run in the memory format the pipeline picks for the device (channels_last on the CPU);
-diffusers' pipeline gets contiguous copies, as it loads them, and on the CPU a row "NCHW UNets" runs
-unclip the same way, to show what the layout is worth. Each
+where that is not NCHW, diffusers' pipeline gets an NCHW copy, as it loads weights, and rows
+"NCHW UNets" run unclip on that copy too, to show what the layout is worth. Each
 figure is the best of ``--repeats`` rounds (rows interleaved) after one warm-up run. ``--compile``
 compiles unclip's networks (``torch.compile``, ``unclip.pipeline.compiled``; diffusers' pipeline
 calls the inner UNets and stays eager) and prints each row's first call, which pays the compile
@@ -32,7 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from unclip.networks.layers import inference_memory_format
 from unclip.pipeline import SamplingOptions, UnCLIPPipeline
+from unclip.pipeline.cascade import unets
 
 PROMPT = "a small red circle in the top left on a white background"
 KARLO_STEPS = {"prior": 25, "decoder": 25, "upsampler": 7}
@@ -73,7 +75,7 @@ def theirs(oracle, steps):
 def contiguous_copy(pipe: UnCLIPPipeline) -> UnCLIPPipeline:
     """A copy of ``pipe`` whose UNets keep PyTorch's default (NCHW) layout, as diffusers loads them."""
     twin = copy.deepcopy(pipe)
-    for net in (twin.decoder, *twin.upsamplers.values(), *twin.last_steps.values()):
+    for net in unets(twin):
         net.to(memory_format=torch.contiguous_format)
     return twin
 
@@ -83,7 +85,8 @@ def build_rows(pipe: UnCLIPPipeline, device: torch.device, steps: dict, bf16: bo
     every stage, which has no v prediction: for a pipeline with a v stage (the shipped shapes
     decoder) they are left out, with the reason printed."""
     sizes, rows = pipe.sizes, []
-    nchw = contiguous_copy(pipe)
+    layout_rows = inference_memory_format(device) != torch.contiguous_format  # else the pipeline is NCHW already
+    nchw = contiguous_copy(pipe) if layout_rows else pipe
     try:
         from unclip.pipeline.karlo import to_diffusers
 
@@ -91,7 +94,7 @@ def build_rows(pipe: UnCLIPPipeline, device: torch.device, steps: dict, bf16: bo
         oracle.set_progress_bar_config(disable=True)
         rows.append((f"diffusers UnCLIPPipeline  → {sizes[1]}", theirs(oracle, steps)))
         rows.append((f"unclip, same samplers     → {sizes[1]}", ours(pipe, sizes[1], sampler="unclip", steps=steps)))
-        if device.type == "cpu":
+        if layout_rows:
             rows.append((f"unclip as above, NCHW UNets → {sizes[1]}",
                          ours(nchw, sizes[1], sampler="unclip", steps=steps)))
         if bf16:
@@ -103,7 +106,7 @@ def build_rows(pipe: UnCLIPPipeline, device: torch.device, steps: dict, bf16: bo
         print(f"(no like-for-like rows: {err})\n")
     rows.append((f"unclip defaults (best of 2) → {sizes[1]}", ours(pipe, sizes[1], sampler="ddpm", candidates=2,
                  steps=steps)))
-    if device.type == "cpu":
+    if layout_rows:
         rows.append((f"unclip defaults, NCHW UNets → {sizes[1]}", ours(nchw, sizes[1], sampler="ddpm", candidates=2,
                      steps=steps)))
     fast_steps = {"prior": 10, "decoder": 10, "upsampler": steps["upsampler"]}
@@ -114,7 +117,7 @@ def build_rows(pipe: UnCLIPPipeline, device: torch.device, steps: dict, bf16: bo
                      steps=steps, precision="bf16")))
     if len(sizes) > 2:
         rows.append((f"unclip defaults           → {sizes[2]}", ours(pipe, sizes[2], steps=steps)))
-        if device.type == "cpu":
+        if layout_rows:
             rows.append((f"unclip defaults, NCHW UNets → {sizes[2]}", ours(nchw, sizes[2], steps=steps)))
     return rows
 

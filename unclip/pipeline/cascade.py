@@ -193,16 +193,19 @@ class UnCLIPPipeline:
                                  margins=outpaint.Margins(left, right, top, bottom), context=context, resample=resample)
 
 
+def unets(pipe: UnCLIPPipeline) -> list[Decoder | Upsampler]:
+    """The pipeline's convolutional networks: the decoder, the upsamplers and their last-step UNets."""
+    return [m for m in (pipe.decoder, *pipe.upsamplers.values(), *pipe.last_steps.values()) if m is not None]
+
+
 def move_networks(pipe: UnCLIPPipeline, device: torch.device) -> None:
     """Every network to ``device``, weights float32 (``precision="bf16"`` autocasts), the UNets'
     weights in the memory format that is fastest there (``inference_memory_format``)."""
-    unets = [pipe.decoder, *pipe.upsamplers.values(), *pipe.last_steps.values()]
-    memory_format = inference_memory_format(device)
-    for module in pipe._modules():
-        if any(module is unet for unet in unets):
-            module.to(device, memory_format=memory_format)
-        else:
+    for module in (pipe.clip, pipe.prior):
+        if module is not None:
             module.to(device)
+    for unet in unets(pipe):
+        unet.to(device, memory_format=inference_memory_format(device))
 
 
 def _check_widths(pipe: UnCLIPPipeline) -> None:
