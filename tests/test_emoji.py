@@ -244,6 +244,33 @@ def test_the_emoji_suite_needs_its_data(capsys, tiny_pipeline_dir):
     assert "--suite emoji needs --data" in capsys.readouterr().err
 
 
+def run_clip_nearest_bench(*args: str):
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "bench" / "emoji_clip_nearest.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_the_clip_nearest_bench_reads_a_tiny_cascade_on_the_emoji_prompts(built, tiny_pipeline_dir, tmp_path):
+    sheet = tmp_path / "sheet.png"
+    done = run_clip_nearest_bench("--checkpoint", str(tiny_pipeline_dir), "--data", str(built), "--prompts", "3",
+                                  "--steps", "2", "--sheet", str(sheet), "--sheet-size", "32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = report["rows"]
+    assert (rows["seen"]["n"], rows["held_out"]["n"]) == (3, 2)  # as the emoji suite draws them (2 held-out pairs)
+    assert all(0 <= rows[k][m] <= 1 for k in rows for m in ("top1", "top5", "style"))
+    assert all(rows[k]["top1"] <= rows[k]["top5"] for k in rows)
+    assert report["features"] == "cascade CLIP" and "| held_out |" in done.stdout
+    assert Image.open(sheet).width == 4 * 32  # four prompts a row at --sheet-size
+
+
+def test_the_clip_nearest_bench_names_a_folder_that_is_not_emoji_data(tiny_pipeline_dir, tmp_path):
+    done = run_clip_nearest_bench("--checkpoint", str(tiny_pipeline_dir), "--data", str(tmp_path))
+    assert done.returncode == 2 and "not an emoji data folder" in done.stderr and "Traceback" not in done.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # unclip eval --suite emoji-clip
 
