@@ -1,13 +1,16 @@
 """Training throughput: samples/s of one optimisation step of each stage, fp32 and bf16.
 
     python bench/train_throughput.py [--configs configs/tiny configs/shapes] [--precisions no bf16] [--steps 3]
+    python bench/train_throughput.py --configs configs/shapes/decoder.yaml --precisions bf16 --layouts nchw channels_last
 
 Each stage is built exactly as `unclip train` builds it (frozen CLIP encoding, condition dropout,
 degradations, loss, backward, clipping, AdamW, EMA) and timed on one batch of its configured size
 already on the device (the fastest of ``--steps`` steps after a warm-up step, so that other
 programs on a shared machine disturb it least); data loading is not included. A config's
 ``training.clip_checkpoint`` is ignored (a randomly initialised CLIP of the same shape costs the
-same). Not a test: prints a table for the README's performance section.
+same). ``--configs`` takes config folders or single files; ``--layouts channels_last`` times the
+network with its weights in channels_last (NHWC) too, beside the NCHW that training uses. Not a
+test: prints a table for the README's performance section.
 """
 
 from __future__ import annotations
@@ -28,14 +31,17 @@ from unclip.training.loop import PreparedNetwork, make_accelerator, optimisation
 from unclip.training.stages import StageContext, build_task
 
 
-def measure(config: Path, precision: str, steps: int, workdir: Path) -> tuple[str, int, float]:
-    """(stage, samples per step, seconds of the fastest step) of ``config`` at ``precision``."""
+def measure(config: Path, precision: str, steps: int, workdir: Path, layout: str = "nchw") -> tuple[str, int, float]:
+    """(stage, samples per step, seconds of the fastest step) of ``config`` at ``precision``, the
+    network's weights in ``layout`` (``nchw`` or ``channels_last``)."""
     cfg = load_stage_config(config, [f"training.mixed_precision={precision}", "training.grad_accum=1"])
     cfg.training.clip_checkpoint = None
     accelerator = make_accelerator(cfg.training, workdir)
     try:
         task = build_task(cfg, StageContext(accelerator.device))
         model = task.model.to(accelerator.device).train()
+        if layout == "channels_last":
+            model.to(memory_format=torch.channels_last)
         if task.init is not None:
             task.init(model)
         ema = EMA(model, cfg.training.ema_decay)
@@ -69,19 +75,22 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["configs/tiny", "configs/shapes"])
     parser.add_argument("--precisions", nargs="+", default=["no", "bf16"], choices=["no", "bf16", "fp16"])
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (the fastest is reported)")
+    parser.add_argument("--layouts", nargs="+", default=["nchw"], choices=["nchw", "channels_last"],
+                        help="the networks' weight layouts to time (training uses nchw)")
     parser.add_argument("--workdir", default="/tmp/unclip-bench")
     args = parser.parse_args()
 
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu: {platform.processor() or platform.machine()}"
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'config':<28} {'stage':<10} {'precision':<9} {'batch':>5} {'s/step':>8} {'samples/s':>10}")
-    for folder in args.configs:
-        for config in sorted(Path(folder).glob("*.yaml")):
-            for precision in args.precisions:
-                stage, batch, seconds = measure(config, precision, args.steps, Path(args.workdir))
+    print(f"{'config':<36} {'stage':<10} {'precision':<9} {'layout':<13} {'batch':>5} {'s/step':>8} {'samples/s':>10}")
+    configs = [c for f in map(Path, args.configs) for c in (sorted(f.glob("*.yaml")) if f.is_dir() else [f])]
+    for config in configs:
+        for precision in args.precisions:
+            for layout in args.layouts:
+                stage, batch, seconds = measure(config, precision, args.steps, Path(args.workdir), layout)
                 name = "fp32" if precision == "no" else precision
-                print(f"{config!s:<28} {stage:<10} {name:<9} {batch:>5} {seconds:>8.3f} {batch / seconds:>10.1f}",
-                      flush=True)
+                print(f"{config!s:<36} {stage:<10} {name:<9} {layout:<13} {batch:>5} {seconds:>8.3f} "
+                      f"{batch / seconds:>10.1f}", flush=True)
 
 
 if __name__ == "__main__":

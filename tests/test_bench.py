@@ -125,3 +125,13 @@ def test_the_precision_fid_bench_scores_the_evals_own_fp32_images(tiny_pipeline_
     assert abs(report["fid"]["fp32"] - expected) < 1e-3 * expected
     assert report["fid"]["bf16"] != report["fid"]["fp32"] and report["fid"]["fp32 + grain"] != report["fid"]["fp32"]
     assert 0 < report["bf16_vs_fp32_levels"]["mean"] <= report["bf16_vs_fp32_levels"]["max"]
+
+
+def test_the_training_throughput_bench_times_a_config_file_in_both_layouts():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--configs",
+                             "configs/tiny/decoder.yaml", "--precisions", "no", "--layouts", "nchw", "channels_last",
+                             "--steps", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("configs/tiny/decoder.yaml")]
+    assert [(r[1], r[2], r[3]) for r in rows] == [("decoder", "fp32", "nchw"), ("decoder", "fp32", "channels_last")]
+    assert all(float(r[-1]) > 0 for r in rows)  # samples/s
