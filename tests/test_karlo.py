@@ -126,13 +126,19 @@ def test_karlo_pipeline_generates_with_super_res_last_on_the_final_step(karlo):
 
 
 def test_karlo_pipeline_matches_diffusers_on_the_same_folder(karlo, diffusers_oracle):
-    """The loaded folder samples exactly as diffusers' UnCLIPPipeline built from the same modules."""
+    """The loaded folder samples exactly as diffusers' UnCLIPPipeline built from the same modules.
+    Both in NCHW: on the CPU the pipeline keeps its UNets channels_last, whose convolutions add up
+    in another order (4e-4 here after guidance 8 on an AVX-512 CPU); that layout is checked on its
+    own in tests/test_pipeline.py."""
     from diffusers import UnCLIPPipeline as DiffusersUnCLIP
 
+    from unclip.pipeline.cascade import unets
     from unclip.pipeline.karlo import diffusers_text_proj, hf_text_encoder, hf_tokenizer
 
     root, modules, clip_cfg, _ = karlo
     pipe = UnCLIPPipeline.from_karlo(root, clip=clip_cfg)
+    for unet in unets(pipe):
+        unet.to(memory_format=torch.contiguous_format)
     oracle = DiffusersUnCLIP(
         prior=modules["prior"], decoder=modules["decoder"], text_encoder=hf_text_encoder(pipe.clip),
         tokenizer=hf_tokenizer(pipe.clip), text_proj=diffusers_text_proj(pipe.decoder),
