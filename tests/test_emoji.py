@@ -135,6 +135,27 @@ def test_later_sizes_join_the_same_split_and_other_settings_are_refused(built, p
     assert "other seed" in capsys.readouterr().err and not (built / "48").exists()
 
 
+def test_an_interrupted_size_leaves_no_half_folder(packages, tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    assert emoji.build(out, ["twemoji", "noto"], {s: emoji.package_dir(packages, emoji.SETS[s]) for s in
+                       ("twemoji", "noto")}, sizes=[16], progress=False)
+    rendered = []
+
+    def render_then_stop(source, size, background="white"):
+        if rendered:
+            raise KeyboardInterrupt
+        rendered.append(size)
+        return Image.new("RGB", (size, size), background)
+
+    monkeypatch.setattr(emoji, "render", render_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        emoji.build(out, ["twemoji", "noto"], {s: emoji.package_dir(packages, emoji.SETS[s]) for s in
+                    ("twemoji", "noto")}, sizes=[32], progress=False)
+    from unclip.data.emoji_dataset import sizes_built
+
+    assert sizes_built(out) == [16] and json.loads((out / "metadata.json").read_text())["sizes"] == [16]
+
+
 def test_bad_input_gets_a_message(tmp_path, packages, monkeypatch, capsys):
     assert cli(["data", "emoji", "--out", str(tmp_path / "a"), "--sets", "clipart", "--quiet"]) == 2
     assert "unknown emoji set 'clipart'" in capsys.readouterr().err

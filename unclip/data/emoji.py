@@ -299,6 +299,7 @@ def build(out: Path, styles: list[str], packages: dict[str, Path], *, sizes: lis
     """Render every image at every size into webdataset shards ``out/<size>/<split>/NNNNN.tar``
     (``txt``: the caption; ``json``: concept, style, annotation, tags) and write ``out/metadata.json``."""
     import random
+    import shutil
 
     from tqdm.auto import tqdm
 
@@ -319,10 +320,14 @@ def build(out: Path, styles: list[str], packages: dict[str, Path], *, sizes: lis
             yield {"image": render(joined.images[(key, style)], size, background),
                    "caption": caption(concept.annotation, style), "json": meta}
 
-    for size in sizes:
+    for size in sizes:  # each size in a side folder first: an interrupted build leaves no half size
+        partial = out / f"{size}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
         for split in SPLITS:
             if pairs[split]:
-                write_shards(samples(split, size), out / str(size) / split, per_shard=per_shard)
+                write_shards(samples(split, size), partial / split, per_shard=per_shard)
+        shutil.rmtree(out / str(size), ignore_errors=True)
+        partial.rename(out / str(size))
     bar.close()
     metadata = _metadata(joined, styles, sizes, background, seed, pairs)
     metadata.update(held_out_share=held_out, variation_share=variation_concepts)
