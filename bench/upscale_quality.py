@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], help="default: the upsampler's own")
+    parser.add_argument("--tile", type=int, help="tile side (0: the whole image; default: the upsamplers' own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args(argv)
@@ -97,14 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         renders = emoji_renders(args.data, low, args.size, args.images, args.seed)
     rows, detected = [], []
     for k, (source, real, scene) in enumerate(tqdm(renders, total=args.images, desc=f"{low}->{args.size}")):
-        ours = np.asarray(pipe.upscale(source, size=args.size, steps=args.steps, sampler=args.sampler,
+        ours = np.asarray(pipe.upscale(source, size=args.size, steps=args.steps, sampler=args.sampler, tile=args.tile,
                                        seed=args.seed + k, precision=args.precision, progress=False))
         bicubic = np.asarray(source.resize((args.size, args.size), Image.Resampling.BICUBIC))
         rows.append((psnr(ours, real), psnr(bicubic, real), background_std(ours, real), background_std(real, real)))
         if scene is not None:
             detected.append((score(detect(ours), scene)["all"], score(detect(real), scene)["all"]))
     ours, bicubic, grain, real_grain = (float(np.mean(col)) for col in zip(*rows))
-    result = {"images": len(rows), "size": args.size, "steps": args.steps, "sampler": args.sampler, "psnr": ours,
+    result = {"images": len(rows), "size": args.size, "steps": args.steps, "sampler": args.sampler, "tile": args.tile, "psnr": ours,
               "bicubic_psnr": bicubic, "background_std": grain, "real_background_std": real_grain}
     line = (f"{low}→{args.size} on {len(rows)} held-out renders: PSNR {ours:.2f} dB (bicubic {bicubic:.2f} dB); "
             f"background std {grain:.2f} (real {real_grain:.2f})")

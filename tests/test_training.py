@@ -283,6 +283,9 @@ def test_every_stage_trains_checkpoints_and_exports_through_the_cli(tmp_path, co
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in entries), entries
     if stage in ("decoder", "upsampler"):
         assert (out / "samples" / "step_000003.png").is_file()
+    if stage == "upsampler":  # sampled on tiles of its training crop's side (a quarter of 64 or 128)
+        stored = json.loads((out / "export" / config / "config.json").read_text())
+        assert stored["tile"] == {"upsampler_256": 16, "upsampler_1024": 32}[config]
     if stage == "prior":
         (monitor,) = [r for r in logs(out) if "prior/cos_pred" in r]
         prior = load_component(out / "export" / "prior")

@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from unclip.config import SAMPLED_STAGES, UPSAMPLER
+from unclip.config import SAMPLED_STAGES, UPSAMPLER, UPSAMPLERS
 
 OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*", re.DOTALL)  # a key.sub=value config override
 
@@ -47,12 +47,19 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, guidance_stages: 
                         help=f"sampling steps: N for every stage, or STAGE=N (stages: {', '.join(STAGE_NAMES)})")
     parser.add_argument("--guidance", nargs="+", type=stage_value(float), metavar="[STAGE=]G",
                         help=f"classifier-free guidance scale: G for the {guidance_stages}, or STAGE=G")
+    add_tile_argument(parser)
     parser.add_argument("--seed", type=int, help="random seed (default: a fresh one)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--watermark", action="store_true",
                         help="draw DALL·E 2's five-colour signature in each image's bottom-right corner")
     add_precision_argument(parser)
+
+
+def add_tile_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tile", nargs="+", type=stage_value(int), metavar="[STAGE=]N",
+                        help="run the upsamplers on overlapping N×N tiles (0: on the whole image), or STAGE=N; "
+                             "default: each upsampler's own (its config.json's tile: its training crop's side)")
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +140,8 @@ def sampling_options(args: argparse.Namespace, guided: tuple[str, ...]):
     samplers = [tuple(s.split("=", 1)) if "=" in s else (None, s) for s in getattr(args, "sampler", None) or []]
     return SamplingOptions(size=args.size, seed=args.seed, steps=stage_values(args.steps, SAMPLED_STAGES),
                            guidance=stage_values(args.guidance, guided),
-                           sampler=stage_values(samplers, SAMPLED_STAGES), progress=not args.quiet,
+                           sampler=stage_values(samplers, SAMPLED_STAGES),
+                           tile=stage_values(getattr(args, "tile", None), UPSAMPLERS), progress=not args.quiet,
                            precision=args.precision)
 
 

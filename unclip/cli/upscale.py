@@ -14,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, help="output side (default: the cascade's largest)")
     parser.add_argument("--steps", nargs="+", type=common.stage_value(int), metavar="[STAGE=]N",
                         help="upsampler steps: N for every upsampler, or STAGE=N")
+    common.add_tile_argument(parser)
     parser.add_argument("--seed", type=int, help="random seed (default: a fresh one)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -29,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from unclip.pipeline.inputs import load_image
 
     image = load_image(args.image)
-    options = SamplingOptions(size=args.size, steps=common.stage_values(args.steps, UPSAMPLERS), seed=args.seed,
+    options = SamplingOptions(size=args.size, steps=common.stage_values(args.steps, UPSAMPLERS),
+                              tile=common.stage_values(args.tile, UPSAMPLERS), seed=args.seed,
                               progress=not args.quiet, precision=args.precision)
     result = common.load_pipeline(args).upscale(image, options)
     stem = common.slug(Path(args.image).stem) + f"-{result.size[0]}"

@@ -263,7 +263,7 @@ def run_eval(pipe, settings: EvalSettings, *, fid_features: Callable | None = No
     report: dict = {"settings": asdict(settings), "sizes": pipe.sizes}
     present = [stage for stage in SAMPLED_STAGES if pipe.component(stage) is not None]
     report["sampling"] = {stage: {"sampler": run.sampler.value, "steps": run.steps, "guidance": run.guidance,
-                                  "sample_start": run.diffusion.sample_start}
+                                  "sample_start": run.diffusion.sample_start, "tile": run.tile}
                           for stage, run in pipe.plan(present, steps=settings.steps).items()}
     report["detector_accuracy_on_real_renders"] = {
         str(r): detector_accuracy(settings.detector_scenes, r, settings.seed) for r in (pipe.sizes[0], 64)}
@@ -285,8 +285,9 @@ def run_eval(pipe, settings: EvalSettings, *, fid_features: Callable | None = No
 
 def _describe_sampling(report: dict) -> str:
     stages = report.get("sampling", {})
-    return ", ".join(f"{stage} {s['sampler']} {s['steps']} steps" + (f" guidance {s['guidance']:g}" if s["guidance"] != 1
-                                                                       else "")
+    return ", ".join(f"{stage} {s['sampler']} {s['steps']} steps"
+                     + (f" guidance {s['guidance']:g}" if s["guidance"] != 1 else "")
+                     + (f" on {s['tile']}-pixel tiles" if s.get("tile") else "")
                      for stage, s in stages.items()) or "the checkpoint's defaults"
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import torch
 
+from unclip.data.degradations import upsample_condition
 from unclip.diffusion.guidance import ModelFn, guided
 from unclip.networks.clip import TextEncoding
 from unclip.networks.decoder import Decoder
 from unclip.networks.prior import Prior
+from unclip.networks.tiling import check_tile, tiled
 from unclip.networks.upsampler import Upsampler
 
 
@@ -51,12 +53,18 @@ def decoder_denoiser(decoder: Decoder, image_emb: torch.Tensor, text: TextEncodi
 
 
 def upsampler_denoiser(upsampler: Upsampler, low_res: torch.Tensor, last_step: Upsampler | None = None,
-                       final_t: int | None = None) -> ModelFn:
+                       final_t: int | None = None, tile: int | None = None) -> ModelFn:
     """An upsampler conditioned on ``low_res`` (B, 3, s, s); ``last_step`` (Karlo's "improved SR"
-    UNet), when given, takes the step at timestep ``final_t``."""
+    UNet), when given, takes the step at timestep ``final_t``. With ``tile`` the network runs on
+    overlapping tiles of that side (``unclip.networks.tiling``; overlap an eighth of the tile)."""
+    if tile:
+        check_tile(tile, tile // 8, upsampler.side_multiple)
+        low_res = upsample_condition(low_res, upsampler.cfg.sample_size)  # tiles of x_t and cond align
 
     def model_fn(x_t, t):
         model = last_step if last_step is not None and int(t[0]) == final_t else upsampler
+        if tile:
+            return tiled(lambda x, cond: model(x, t, low_res=cond), (x_t, low_res), tile, tile // 8)
         return model(x_t, t, low_res=low_res).float()
 
     return model_fn

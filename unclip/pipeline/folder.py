@@ -81,13 +81,13 @@ def pipeline_meta(root: Path) -> dict:
 
 
 def stored_sampling(folder: Path) -> StageSampling | None:
-    """A stage component folder's sampling defaults: the ``diffusion`` (and ``sampler``) its
+    """A stage component folder's sampling defaults: the ``diffusion`` (and ``sampler``, ``tile``) its
     config.json carries; for a folder inside a version-1 pipeline folder, the ``stages`` entry of
     that folder's ``pipeline.json``; else None."""
     folder = Path(folder)
     meta = json.loads((folder / "config.json").read_text())
     if "diffusion" in meta:
-        stored, where = {k: meta[k] for k in ("diffusion", "sampler") if k in meta}, str(folder / "config.json")
+        stored, where = {k: meta[k] for k in ("diffusion", "sampler", "tile") if k in meta}, str(folder / "config.json")
     else:
         root = folder.resolve().parent  # a link to a stage of a pipeline folder reads that folder's file
         stored = pipeline_meta(root).get("stages", {}).get(folder.name)
@@ -151,7 +151,10 @@ def write_pipeline_folder(pipe, path: str | Path, dtype: torch.dtype | None = No
     for stage in SAMPLED_STAGES:
         module = pipe.component(stage)
         if module is not None:
-            save_component(module, root / stage, dtype, extra=to_dict(pipe.sampling[stage]))
+            sampling = to_dict(pipe.sampling[stage])
+            if sampling.get("tile") is None:  # the whole image: said by leaving it out
+                sampling.pop("tile", None)
+            save_component(module, root / stage, dtype, extra=sampling)
             components.append(stage)
     for stage, module in pipe.last_steps.items():
         save_component(module, root / (stage + LAST_STEP_SUFFIX), dtype)

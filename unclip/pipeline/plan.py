@@ -61,6 +61,9 @@ class StageSampling:
 
     diffusion: DiffusionConfig  # schedule, parameterisation, default steps and guidance
     sampler: Sampler = Sampler.ddpm  # ddpm (Karlo's ancestral sampling), ddim, dpmpp or unclip
+    # upsamplers: run the network on overlapping tiles of this side (its training crops' side, so
+    # that GroupNorm sees what it trained on; ``unclip.networks.tiling``); None: the whole image
+    tile: int | None = None
 
 
 @dataclass
@@ -71,6 +74,7 @@ class StageRun:
     sampler: Sampler
     steps: int
     guidance: float
+    tile: int | None = None  # upsamplers: tile side (None: the whole image)
 
     def scheduler(self):
         return make_scheduler(self.diffusion, self.sampler)
@@ -90,6 +94,7 @@ class SamplingOptions:
     steps: StageValue = None  # None: each stage's default
     guidance: StageValue = None
     sampler: StageValue = None
+    tile: StageValue = None  # upsamplers: tile side, 0 for the whole image; None: each one's default
     seed: int | None = None  # None (and no generator): a fresh seed
     generator: torch.Generator | Sequence[torch.Generator] | None = None  # wins over seed; a list: one per row
     progress: bool = True  # tqdm bars per stage
@@ -187,8 +192,22 @@ def make_plan(sampling: Mapping[Stage, StageSampling], stages: Sequence[Stage],
         if kind is Sampler.unclip and defaults.diffusion.beta_schedule is not BetaSchedule.cosine:
             raise ValueError(f"sampler: 'unclip' needs the cosine schedule, but the {stage} uses "
                              f"{defaults.diffusion.beta_schedule.value}; use ddpm, ddim or dpmpp")
-        plan[stage] = StageRun(defaults.diffusion, kind, n, float(g))
+        plan[stage] = StageRun(defaults.diffusion, kind, n, float(g), _tile(options.tile, stage, defaults.tile))
     return plan
+
+
+def _tile(value: StageValue, stage: Stage, default: int | None) -> int | None:
+    """The upsampler ``stage``'s tile side for one call (None: the whole image)."""
+    if stage not in UPSAMPLERS:
+        if isinstance(value, Mapping) and stage in value:
+            raise ValueError(f"tile: only the upsamplers run in tiles, not the {stage}")
+        return None
+    tile = _pick(value, "tile", stage, default)
+    if tile is None or tile == 0:
+        return None
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+        raise ValueError(f"tile: expected a whole number of pixels for the {stage} (0: the whole image); got {tile!r}")
+    return tile
 
 
 def _pick(value: StageValue, name: str, stage: Stage, default: Any, scalar: bool = True) -> Any:

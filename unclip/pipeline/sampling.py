@@ -84,7 +84,7 @@ def upsampler_fn(pipe, slot: Stage, low_res: torch.Tensor, scheduler, run: Stage
     on ``scheduler``, Karlo's last-step UNet (if loaded) takes the final step."""
     last = pipe.last_steps.get(slot)
     final_t = int(set_timesteps(scheduler, run.steps, run.diffusion.sample_start)[-1]) if last is not None else None
-    return upsampler_denoiser(pipe.upsamplers[slot], low_res, last, final_t)
+    return upsampler_denoiser(pipe.upsamplers[slot], low_res, last, final_t, run.tile)
 
 
 @torch.no_grad()

@@ -38,6 +38,8 @@ def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
     crop = int(up.sample_size * up.crop_fraction)
     model = build_network(cfg)
     diffusion = GaussianDiffusion(cfg.diffusion)
+    # sampled on tiles of the crop side, which its GroupNorm layers trained on (unclip.networks.tiling)
+    tile = crop if crop < up.sample_size and crop % model.side_multiple == 0 else None
 
     def loss(upsampler, batch):
         high_res, low_res = upsampler_pair(batch["image"], up.low_res_size, up.degradation, crop)
@@ -47,15 +49,15 @@ def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
 
     @torch.no_grad()
     def sample(upsampler, step: int, output: Path) -> dict[str, float]:
-        """Rows: bicubic-upsampled clean low-res input, the upsampler's output (ancestral sampling as the
-        pipeline does it), the target; logs the output's MSE to the target."""
+        """Rows: bicubic-upsampled clean low-res input, the upsampler's output (ancestral sampling on
+        tiles, as the pipeline does it), the target; logs the output's MSE to the target."""
         target = images.to(ctx.device)
         low = F.interpolate(target, size=(up.low_res_size, up.low_res_size), mode="area")
         g = torch.Generator(ctx.device).manual_seed(0)
         cond = upsample_condition(low, up.sample_size)
         offset = upsampler.offset(low, up.sample_size)
         x_T = noised_start(cfg.diffusion, cond - offset, torch.randn(target.shape, generator=g, device=ctx.device))
-        x0 = sample_loop(upsampler_denoiser(upsampler, low), make_scheduler(cfg.diffusion, Sampler.ddpm),
+        x0 = sample_loop(upsampler_denoiser(upsampler, low, tile=tile), make_scheduler(cfg.diffusion, Sampler.ddpm),
                          x_T, cfg.diffusion.sample_steps, channels=3, generator=g, progress=False,
                          start=cfg.diffusion.sample_start).add(offset).clamp(-1, 1)
         save_grid([cond, x0, target], step_png(output, step))
@@ -63,7 +65,7 @@ def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
 
     def export(upsampler, folder: Path) -> None:
         save_component(upsampler, folder / cfg.stage,
-                       extra={"diffusion": to_dict(cfg.diffusion)})
+                       extra={"diffusion": to_dict(cfg.diffusion), **({"tile": tile} if tile else {})})
 
     data_cfg = dataclasses.replace(cfg.data, resolution=up.sample_size)  # targets at the output size
     dataset = build_dataset(data_cfg, rank=ctx.rank, world_size=ctx.world_size)
