@@ -189,6 +189,11 @@ class UpsamplerConfig:
     # learn the detail bicubic misses; False: the paper's (and Karlo's) image-space upsampler.
     residual: bool = False
 
+    @property
+    def crop_side(self) -> int:
+        """The side of the training crops (``crop_fraction`` of ``sample_size``)."""
+        return int(self.sample_size * self.crop_fraction)
+
 
 @dataclass
 class DiffusionConfig:

@@ -69,8 +69,7 @@ def example_inputs(cfg: StageConfig, batch: int, device: torch.device | str = "c
         return (rand(batch, 3, c.image_size, c.image_size),
                 torch.zeros(batch, c.context_length, dtype=torch.long, device=device)), {}
     if isinstance(cfg, UpsamplerStageConfig):
-        up = cfg.upsampler
-        crop = int(up.sample_size * up.crop_fraction)
+        crop = cfg.upsampler.crop_side
         return (rand(batch, 3, crop, crop), t), {"low_res": rand(batch, 3, crop, crop)}
     d, length = cfg.clip.embed_dim, cfg.clip.context_length
     text = {"text_emb": rand(batch, d), "text_tokens": rand(batch, length, token_width(cfg.clip)),

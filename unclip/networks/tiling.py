@@ -54,7 +54,7 @@ def tiled(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], tile:
     check_tile(tile, overlap)
     height, width = inputs[0].shape[-2:]
     if tile >= height and tile >= width:
-        return fn(*inputs)
+        return fn(*inputs).float()
     if tile > min(height, width):
         raise ValueError(f"tile: {tile} fits one side of the {height}×{width} image but not the other")
     rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)

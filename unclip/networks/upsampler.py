@@ -39,11 +39,6 @@ class Upsampler(nn.Module):
         """The UNet takes sides that are multiples of this: one halving per level but the last."""
         return 2 ** (len(self.cfg.block_out_channels) - 1)
 
-    @property
-    def crop_side(self) -> int:
-        """The side of the crops it trains on (``crop_fraction`` of ``sample_size``)."""
-        return int(self.cfg.sample_size * self.cfg.crop_fraction)
-
     def offset(self, low_res: torch.Tensor, side: int) -> torch.Tensor:
         """What the diffused variable is measured from at ``side``: the bicubic-upsampled
         conditioning for a residual upsampler, else zeros (B, 3, side, side)."""

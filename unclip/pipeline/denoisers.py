@@ -57,14 +57,15 @@ def upsampler_denoiser(upsampler: Upsampler, low_res: torch.Tensor, last_step: U
     """An upsampler conditioned on ``low_res`` (B, 3, s, s); ``last_step`` (Karlo's "improved SR"
     UNet), when given, takes the step at timestep ``final_t``. With ``tile`` the network runs on
     overlapping tiles of that side (``unclip.networks.tiling``; overlap an eighth of the tile)."""
+    overlap = tile // 8 if tile else 0
     if tile:
-        check_tile(tile, tile // 8, upsampler.side_multiple)
+        check_tile(tile, overlap, upsampler.side_multiple)
         low_res = upsample_condition(low_res, upsampler.cfg.sample_size)  # tiles of x_t and cond align
 
     def model_fn(x_t, t):
         model = last_step if last_step is not None and int(t[0]) == final_t else upsampler
         if tile:
-            return tiled(lambda x, cond: model(x, t, low_res=cond), (x_t, low_res), tile, tile // 8)
+            return tiled(lambda x, cond: model(x, t, low_res=cond), (x_t, low_res), tile, overlap)
         return model(x_t, t, low_res=low_res).float()
 
     return model_fn

@@ -35,7 +35,7 @@ SAMPLE_COUNT = 2  # fixed held-out images in each sample grid
 
 def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
     up = cfg.upsampler
-    crop = int(up.sample_size * up.crop_fraction)
+    crop = up.crop_side
     model = build_network(cfg)
     diffusion = GaussianDiffusion(cfg.diffusion)
     # sampled on tiles of the crop side, which its GroupNorm layers trained on (unclip.networks.tiling)
