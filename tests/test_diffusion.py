@@ -289,3 +289,30 @@ def test_ddim_starts_at_t_for_v_models_and_one_stride_below_for_eps_models():
         inverse = inverse_scheduler(cfg)
         inverse.set_timesteps(10)
         assert int(inverse.timesteps[-1]) == first  # inversion ends where decoding starts
+
+
+def test_ddim_with_clipping_is_dpm_solver_first_order_on_the_same_grid():
+    """DDIM (η = 0) and first-order DPM-Solver++ are one update when both re-derive eps from the
+    clipped x_0 (guided-diffusion's DDIM): x_{t'} = α'·x̂_0 + σ'·(x_t − α·x̂_0)/σ. A v model whose x_0
+    estimates leave [−1, 1] near T tells this apart from diffusers' default, which pairs the
+    clipped x_0 with the network's own eps."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    cfg = DiffusionConfig(beta_schedule=BetaSchedule.cosine, prediction=Prediction.v)
+
+    def overshooting(x_t, t):  # near T, x_0 ≈ −v reaches ±2.3
+        return 2 * torch.tanh(3 * x_t) + 0.3
+
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ddim = make_scheduler(cfg, Sampler.ddim)
+    grid = set_timesteps(ddim, 10).tolist()
+    a = sample_loop(overshooting, ddim, x_T, 10, progress=False)
+    dpm = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule.value,
+                                      prediction_type="v_prediction", algorithm_type="dpmsolver++", solver_order=1,
+                                      thresholding=True, dynamic_thresholding_ratio=1.0, sample_max_value=1.0)
+    dpm.set_timesteps(timesteps=grid)
+    b = x_T.clone()
+    for t in dpm.timesteps:
+        b = dpm.step(overshooting(b, t), t, b).prev_sample
+    assert (a - b).abs().max() < 1e-4
+

@@ -353,7 +353,7 @@ def test_variations_eta_zero_reconstruct_and_eta_positive_vary(tiny_pipeline, ph
     same = pixels(p.variations(photos["coffee"], n=2, eta=0.0, **kwargs))
     assert np.array_equal(same[0], same[1])
     latent = p.invert(photos["coffee"], steps={"decoder": 4}, progress=False)
-    run = manipulation_plan(p, 32, SamplingOptions(steps={"decoder": 4}))["decoder"]
+    run = manipulation_plan(p, 32, SamplingOptions(steps={"decoder": 4}), inverts=True)["decoder"]
     decoded = decode(p, latent.image_emb, p.empty_caption().expand(1), run, None, x_T=latent.x_T, progress=False)
     assert np.abs(same[0] - pixels(tensor_to_pil(decoded))[0]).max() <= 1
     varied = pixels(p.variations(photos["coffee"], n=2, eta=1.0, **kwargs))

@@ -75,3 +75,57 @@ def test_the_shipped_cascade_draws_the_stored_pixels_for_a_fixed_seed(shipped):
         stored = np.asarray(Image.open(ROOT / "tests" / "data" / f"shipped_seed0_{i}.png")).astype(int)
         diff = np.abs(np.asarray(image).astype(int) - stored)
         assert diff.max() <= 2 and diff.mean() < 0.01, (i, diff.max(), diff.mean())
+
+
+def test_every_sampler_draws_the_same_picture_from_the_same_noise(shipped):
+    """The shipped v decoder from one prior sample and one x_T: DDIM and DPM-Solver++ must draw
+    DDPM's picture (DDIM once drew other objects: it paired the clipped x_0 with the network's
+    unclipped eps; a mean difference of 124 grey levels on these prompts, against 1.9 since)."""
+    import torch
+
+    from unclip.config import Stage
+    from unclip.diffusion.sampling import sample_loop
+    from unclip.diffusion.schedule import Sampler, make_scheduler
+    from unclip.pipeline.sampling import decoder_fn, sample_prior
+
+    prompts = [f"a small {c} {s} in the center on a {b} background"
+               for c, s, b in zip(["red", "blue", "green", "yellow", "purple", "orange"],
+                                  ["circle", "square", "triangle", "star", "circle", "square"],
+                                  ["white", "black", "gray"] * 2)]
+    text = shipped.clip.encode_text(prompts)
+    run = shipped.plan([Stage.prior, Stage.decoder])
+    g = torch.Generator().manual_seed(0)
+    fn = decoder_fn(shipped, sample_prior(shipped, text, run[Stage.prior], g, progress=False), text,
+                    run[Stage.decoder].guidance)
+    x_T = torch.randn(len(prompts), 3, 64, 64, generator=g)
+    images = {}
+    for sampler in (Sampler.ddpm, Sampler.ddim, Sampler.dpmpp):
+        x0 = sample_loop(fn, make_scheduler(run[Stage.decoder].diffusion, sampler), x_T, 25, channels=3,
+                         generator=torch.Generator().manual_seed(1), progress=False)
+        images[sampler] = ((x0.clamp(-1, 1) + 1) * 127.5).round()
+    for sampler in (Sampler.ddim, Sampler.dpmpp):
+        assert (images[sampler] - images[Sampler.ddpm]).abs().mean() < 5, sampler  # grey levels of 255
+
+
+def test_variations_at_eta_zero_reconstruct_the_image_with_the_default_guidance(shipped):
+    """DDIM inversion retraces only an unguided decoder: the shipped decoder at its guidance 3
+    turned white backgrounds black (median error 216 grey levels on 8 renders); the manipulations
+    therefore invert and decode at guidance 1 unless told otherwise."""
+    import numpy as np
+
+    from unclip.config import Stage
+    from unclip.data.shapes import PAIR_POOLS
+    from unclip.evaluation.report import one_object_scenes
+    from unclip.pipeline import SamplingOptions
+    from unclip.pipeline.manipulate import manipulation_plan
+
+    errors = []
+    for j, scene in enumerate(one_object_scenes(list(PAIR_POOLS["train"]), 3, 2)):
+        real = scene.render(64)
+        again = shipped.variations(real, 1, size=64, eta=0.0, seed=j, progress=False)[0]
+        errors.append(np.abs(np.asarray(again, dtype=float) - np.asarray(real, dtype=float)).mean())
+    assert max(errors) < 10, errors
+    plan = lambda **o: manipulation_plan(shipped, 64, SamplingOptions(**o), inverts=True)[Stage.decoder]  # noqa: E731
+    assert plan().guidance == 1.0
+    assert plan(guidance={"decoder": 2.5}).guidance == 2.5 and plan(guidance=4).guidance == 4.0
+    assert manipulation_plan(shipped, 64, SamplingOptions())[Stage.decoder].guidance == 3.0  # no inversion

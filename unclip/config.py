@@ -184,6 +184,9 @@ class UpsamplerConfig:
     dropout: float = 0.0
     degradation: Degradation | None = Degradation.blur  # None (YAML null): the conditioning stays clean
     crop_fraction: float = 0.25  # training crops are this fraction of sample_size per side
+    # k > 1: draw k crops per image and train on the one with the most detail bicubic misses (the
+    # target's squared difference to the conditioning), so mostly-flat images still teach edges
+    crop_candidates: int = 1
     # True: diffuse the residual x − bicubic(low-res) instead of the image (SRDiff's choice, not the
     # paper's), so an untrained network already returns the bicubic image and training only has to
     # learn the detail bicubic misses; False: the paper's (and Karlo's) image-space upsampler.

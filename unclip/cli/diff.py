@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="to_text", required=True, help="the caption to move toward")
     parser.add_argument("--thetas", nargs="+", type=float, metavar="THETA",
                         help="slerp amounts in [0, 1], one frame each (default 0 0.125 0.25 0.375 0.5)")
-    common.add_sampling_arguments(parser, guidance_stages="decoder")
+    common.add_sampling_arguments(parser, guidance_stages="decoder (inversion and decoding; default 1)")
     common.add_filter_argument(parser)
     common.add_pipeline_arguments(parser)
 

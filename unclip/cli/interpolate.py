@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decoder noise: one fixed x_T, a slerp of two random ones, or a slerp of both "
                              "images' inverted x_T (the ends then reconstruct the images)")
     parser.add_argument("--duration", type=int, default=150, help="GIF milliseconds per frame (default 150)")
-    common.add_sampling_arguments(parser, guidance_stages="decoder")
+    common.add_sampling_arguments(parser, guidance_stages="decoder (default: the checkpoint's; 1 with "
+                                  "--noise inverted)")
     common.add_pipeline_arguments(parser)
 
 

@@ -209,6 +209,7 @@ def upsampler_pair(
     degradation: Degradation | None,
     crop_size: int,
     generator: torch.Generator | None = None,
+    candidates: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One upsampler training pair: (target crop, conditioning crop), both ``crop_size`` square.
 
@@ -218,7 +219,12 @@ def upsampler_pair(
     :func:`condition_window`), and the same random crop — drawn per sample — is
     cut from the target and from the conditioning, so pixel (i, j) of one lies over pixel (i, j)
     of the other (paper: crops a quarter of the target side, ``UpsamplerConfig.crop_fraction``).
+    With ``candidates`` k > 1, k crops are drawn per sample and the one where the target differs
+    most from its conditioning (the detail the upsampler has to add) is kept, so that images that
+    are mostly flat background still train on their edges (``UpsamplerConfig.crop_candidates``).
     """
+    if candidates < 1:
+        raise ValueError(f"candidates must be at least 1, got {candidates}")
 
     def pair(hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = hr.shape[-2:]
@@ -227,12 +233,20 @@ def upsampler_pair(
         low = F.interpolate(hr.float(), size=(low_res_size, low_res_size), mode="area")
         if degradation is not None:
             low = _DEGRADE[Degradation(degradation)](low, generator)
-        tops = torch.randint(0, h - crop_size + 1, (hr.shape[0],), generator=generator).tolist()
-        lefts = torch.randint(0, w - crop_size + 1, (hr.shape[0],), generator=generator).tolist()
+        shape = (hr.shape[0], candidates)
+        tops = torch.randint(0, h - crop_size + 1, shape, generator=generator).tolist()
+        lefts = torch.randint(0, w - crop_size + 1, shape, generator=generator).tolist()
         hr_crops, cond_crops = [], []
-        for i, (top, left) in enumerate(zip(tops, lefts)):
-            hr_crops.append(hr[i, :, top : top + crop_size, left : left + crop_size])
-            cond_crops.append(condition_window(low[i], (h, w), top, left, crop_size).to(hr.dtype))
+        for i in range(hr.shape[0]):
+            best = None
+            for top, left in zip(tops[i], lefts[i]):
+                target = hr[i, :, top : top + crop_size, left : left + crop_size]
+                cond = condition_window(low[i], (h, w), top, left, crop_size).to(hr.dtype)
+                detail = (target.float() - cond.float()).square().mean().item() if candidates > 1 else 0.0
+                if best is None or detail > best[0]:
+                    best = (detail, target, cond)
+            hr_crops.append(best[1])
+            cond_crops.append(best[2])
         return torch.stack(hr_crops), torch.stack(cond_crops)
 
     if high_res.dim() == 3:

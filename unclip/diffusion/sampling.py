@@ -23,7 +23,11 @@ def _step_kwargs(scheduler, timesteps, i: int, generator, eta: float) -> dict:
         prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
         return dict(prev_timestep=prev, generator=generator)
     if isinstance(scheduler, DDIMScheduler):
-        return dict(eta=eta, generator=generator)
+        # guided-diffusion's DDIM: eps re-derived from the clipped x_0, so that x_{t−1} mixes the
+        # clipped x_0 and x_t as DDPM's posterior mean does. diffusers' default keeps the network's
+        # own eps beside the clipped x_0; for v models, whose x_0 estimates near T leave [−1, 1],
+        # that pair is inconsistent and drew other objects than the caption asked for.
+        return dict(eta=eta, generator=generator, use_clipped_model_output=True)
     if isinstance(scheduler, DDIMInverseScheduler):
         return {}
     return dict(generator=generator)

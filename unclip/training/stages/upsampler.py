@@ -42,7 +42,8 @@ def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
     tile = crop if crop < up.sample_size and crop % model.side_multiple == 0 else None
 
     def loss(upsampler, batch):
-        high_res, low_res = upsampler_pair(batch["image"], up.low_res_size, up.degradation, crop)
+        high_res, low_res = upsampler_pair(batch["image"], up.low_res_size, up.degradation, crop,
+                                            candidates=up.crop_candidates)
         return upsampler_loss(upsampler, diffusion, high_res=high_res, low_res=low_res)
 
     images, _ = held_out_samples(cfg.data, up.sample_size, SAMPLE_COUNT)
