@@ -419,12 +419,13 @@ def test_upscale_of_a_shapes_render_with_the_shipped_cascade():
     assert mse(np.asarray(result, dtype=float)) < 0.9 * mse(bicubic)
 
 
-def test_the_shipped_1024_upsampler_on_tiles_keeps_flat_backgrounds_flat():
-    """A 256 render to 1024 by the shipped (residual, one DDIM step) 256→1024 stage alone. On
-    its default 256×256 tiles, the side it trained on, it is level with bicubic resizing and its
-    flat background is within half a grey level of the real render; on the whole image GroupNorm
-    sees other statistics than in training and the background moves (measured at shipping: PSNR
-    39.64 dB on tiles, 36.38 whole, bicubic 39.88; background error 0.40 against 1.63 levels)."""
+def test_the_shipped_1024_upsampler_sharpens_beyond_bicubic_and_keeps_flat_backgrounds_flat():
+    """A 256 render to 1024 by the shipped (residual, one DDIM step) 256→1024 stage alone, on its
+    default 256×256 tiles. Part 2 of these weights, trained on plain random crops, was level with
+    bicubic (39.64 dB against 39.88 here) and 3.3 dB worse on the whole image, whose statistics
+    GroupNorm had not seen; part 3, trained on crops chosen for their edges, measured at shipping
+    41.07 dB on tiles, 41.31 on the whole image and 39.88 for bicubic, with a background error of
+    0.15 grey levels on tiles (0.30 whole)."""
     from unclip.data.shapes import scene_from_attributes
     from unclip.pipeline import UnCLIPPipeline
 
@@ -436,5 +437,5 @@ def test_the_shipped_1024_upsampler_on_tiles_keeps_flat_backgrounds_flat():
     tiles = pipe.upscale(scene.render(256), size=1024, seed=0, progress=False)
     whole = pipe.upscale(scene.render(256), size=1024, seed=0, progress=False, tile=0)
     bicubic = scene.render(256).resize((1024, 1024), Image.Resampling.BICUBIC)
-    assert psnr(tiles) > psnr(whole) + 1.5 and psnr(tiles) > psnr(bicubic) - 1.0
-    assert np.abs(np.asarray(tiles, dtype=float) - truth)[flat].mean() < 1.0
+    assert psnr(tiles) > psnr(bicubic) + 0.8 and psnr(whole) > psnr(bicubic) + 0.8
+    assert np.abs(np.asarray(tiles, dtype=float) - truth)[flat].mean() < 0.5
