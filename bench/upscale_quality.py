@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], help="default: the upsampler's own")
+    parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp", "dpmpp-sde"], help="default: the upsampler's own")
     parser.add_argument("--tile", type=int, help="tile side (0: the whole image; default: the upsamplers' own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")

@@ -273,13 +273,36 @@ def test_v_prediction_targets_v_and_every_sampler_recovers_an_image_from_an_orac
         eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
         return torch.cat([a.sqrt() * eps - (1 - a).sqrt() * x0, torch.zeros_like(x0)], 1)
 
-    for sampler in (Sampler.ddpm, Sampler.ddim, Sampler.dpmpp):
+    for sampler in (Sampler.ddpm, Sampler.ddim, Sampler.dpmpp, Sampler.dpmpp_sde):
         g = torch.Generator().manual_seed(0)
         out = sample_loop(oracle, make_scheduler(cfg, sampler), torch.randn(x0.shape, generator=g), 10,
                           channels=3, generator=g, progress=False)
         assert (out - x0).abs().max() < 0.02, sampler
     with pytest.raises(ValueError, match="does not support v prediction"):
         make_scheduler(cfg, Sampler.unclip)
+
+
+@pytest.mark.parametrize("sampler", [Sampler.ddpm, Sampler.dpmpp, Sampler.dpmpp_sde])
+def test_stochastic_samplers_draw_fresh_noise_and_dpm_solvers_keep_the_data_variance(sampler):
+    """Gaussian data N(0, s²) has an exact denoiser, x̂_0 = √ᾱ s² x_t / (ᾱ s² + 1 − ᾱ). The DPM
+    solvers end with the data's spread s in 25 steps (DDPM with the small fixed variance falls
+    short at so few steps: 0.84 s); the stochastic samplers (DDPM, SDE-DPM-Solver++) draw another
+    sample from the same x_T under another generator, DPM-Solver++ the same one."""
+    cfg = DiffusionConfig(beta_schedule=BetaSchedule.cosine, variance=Variance.fixed_small)
+    d, s = GaussianDiffusion(cfg), 0.3
+
+    def exact(x_t, t):
+        a = d.alphas_cumprod[t.reshape(-1)[:1]].float().reshape(-1, 1, 1, 1)
+        x0 = a.sqrt() * s**2 * x_t / (a * s**2 + 1 - a)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    x_T = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    a, b = (sample_loop(exact, make_scheduler(cfg, sampler), x_T, 25, generator=torch.Generator().manual_seed(seed),
+                        progress=False) for seed in (1, 2))
+    if sampler is not Sampler.ddpm:
+        assert abs(float(a.std()) / s - 1) < 0.05, float(a.std())
+    fresh = float((a - b).abs().mean())
+    assert (fresh > 0.05) if sampler is not Sampler.dpmpp else (fresh < 1e-6), fresh
 
 
 def test_ddim_starts_at_t_for_v_models_and_one_stride_below_for_eps_models():

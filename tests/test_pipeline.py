@@ -77,7 +77,7 @@ def test_default_size_is_the_largest_up_to_256(tiny_pipeline):
     assert UnCLIPPipeline.default_size.fget(sizes([64])) == 64
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmpp", {"decoder": "dpmpp", "upsampler": "ddim"}])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp", "dpmpp-sde", {"decoder": "dpmpp", "upsampler": "ddim"}])
 def test_other_samplers_run(tiny_pipeline, sampler):
     images = tiny_pipeline.generate("a red circle", size=64, steps=FAST, sampler=sampler, seed=0, progress=False)
     assert images[0].size == (64, 64)

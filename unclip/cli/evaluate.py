@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", nargs="+", metavar="STAGE=N",
                         help="sampling steps per stage, e.g. decoder=25 (default: the checkpoint's)")
     parser.add_argument("--sampler", nargs="+", type=stage_value(str), metavar="[STAGE=]NAME",
-                        help="ddpm, ddim, dpmpp or unclip: for every stage, or STAGE=NAME, in place of the "
+                        help="ddpm, ddim, dpmpp, dpmpp-sde or unclip: for every stage, or STAGE=NAME, in place of the "
                              "checkpoint's own (e.g. for a step-count study; the report records the samplers)")
     parser.add_argument("--guidance", nargs="+", type=stage_value(float), metavar="[STAGE=]G",
                         help="classifier-free guidance scale: G for the prior and the decoder, or prior=G, "

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=int, default=1, help="images to make (default 1); n > 1 also writes a grid")
     common.add_sampling_arguments(parser, guidance_stages="prior and the decoder")
     parser.add_argument("--sampler", nargs="+", type=str, metavar="[STAGE=]NAME",
-                        help="ddpm, ddim, dpmpp or unclip: for every stage, or STAGE=NAME")
+                        help="ddpm, ddim, dpmpp, dpmpp-sde or unclip: for every stage, or STAGE=NAME")
     parser.add_argument("--prior-candidates", type=int, default=2,
                         help="prior samples per image; the one closest to the caption is kept (default 2)")
     common.add_filter_argument(parser)

@@ -27,6 +27,7 @@ class Sampler(str, enum.Enum):
     ddpm = "ddpm"  # ancestral, with the stage's variance (learned or fixed)
     ddim = "ddim"  # deterministic at eta=0; eta>0 for the paper's variations
     dpmpp = "dpmpp"  # DPM-Solver++ (2M), fewer steps at equal quality
+    dpmpp_sde = "dpmpp-sde"  # SDE-DPM-Solver++ (2M): DPM-Solver++ with fresh noise at each step
     unclip = "unclip"  # diffusers' UnCLIPScheduler = Karlo's respaced DDPM (cosine only)
 
 
@@ -51,7 +52,7 @@ def make_scheduler(cfg: DiffusionConfig, sampler: Sampler = Sampler.ddpm):
         # the grid DDIMInverseScheduler walks back up (see ``ddim_spacing``)
         ddim_betas = dict(betas, timestep_spacing=ddim_spacing(cfg))
         return DDIMScheduler(**common, **ddim_betas, **clip, set_alpha_to_one=True)
-    if sampler is Sampler.dpmpp:
+    if sampler in (Sampler.dpmpp, Sampler.dpmpp_sde):
         learned = "learned_range" if cfg.variance is Variance.learned else None
         # eps image models at t ≈ T (cosine: ᾱ ≈ 2e-9) give x_0 estimates amplified ~10⁴× (v
         # models, slightly off ones); DDPM clips them to the data range, DPM-Solver++ does the
@@ -60,16 +61,19 @@ def make_scheduler(cfg: DiffusionConfig, sampler: Sampler = Sampler.ddpm):
         # are noise.
         clipped = cfg.prediction is not Prediction.x0 and cfg.clip_sample_range == 1.0
         cosine = cfg.beta_schedule is BetaSchedule.cosine
-        return DPMSolverMultistepScheduler(**common, **betas, algorithm_type="dpmsolver++",
+        return DPMSolverMultistepScheduler(**common, **betas, algorithm_type=_DPMPP_ALGORITHM[sampler],
                                            solver_order=2, variance_type=learned, lower_order_final=True,
                                            thresholding=clipped, dynamic_thresholding_ratio=1.0,
                                            sample_max_value=cfg.clip_sample_range,
                                            lambda_min_clipped=-5.1 if cosine else -float("inf"))
     if cfg.beta_schedule is not BetaSchedule.cosine:
-        raise ValueError("the 'unclip' sampler supports only the cosine schedule; use ddpm, ddim or dpmpp")
+        raise ValueError("the 'unclip' sampler supports only the cosine schedule; use ddpm, ddim, dpmpp or dpmpp-sde")
     if cfg.prediction is Prediction.v:
-        raise ValueError("the 'unclip' sampler does not support v prediction; use ddpm, ddim or dpmpp")
+        raise ValueError("the 'unclip' sampler does not support v prediction; use ddpm, ddim, dpmpp or dpmpp-sde")
     return UnCLIPScheduler(**common, **clip, variance_type=cfg.variance.value)
+
+
+_DPMPP_ALGORITHM = {Sampler.dpmpp: "dpmsolver++", Sampler.dpmpp_sde: "sde-dpmsolver++"}
 
 
 def inverse_scheduler(cfg: DiffusionConfig) -> DDIMInverseScheduler:

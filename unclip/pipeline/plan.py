@@ -60,7 +60,7 @@ class StageSampling:
     """How one stage samples by default (stored with its component, in ``config.json``)."""
 
     diffusion: DiffusionConfig  # schedule, parameterisation, default steps and guidance
-    sampler: Sampler = Sampler.ddpm  # ddpm (Karlo's ancestral sampling), ddim, dpmpp or unclip
+    sampler: Sampler = Sampler.ddpm  # ddpm (Karlo's ancestral sampling), ddim, dpmpp, dpmpp-sde or unclip
     # upsamplers: run the network on overlapping tiles of this side (its training crops' side, so
     # that GroupNorm sees what it trained on; ``unclip.networks.tiling``); None: the whole image
     tile: int | None = None
@@ -191,7 +191,7 @@ def make_plan(sampling: Mapping[Stage, StageSampling], stages: Sequence[Stage],
             raise ValueError(f"sampler: {kind!r} is not one of {', '.join(s.value for s in Sampler)}") from None
         if kind is Sampler.unclip and defaults.diffusion.beta_schedule is not BetaSchedule.cosine:
             raise ValueError(f"sampler: 'unclip' needs the cosine schedule, but the {stage} uses "
-                             f"{defaults.diffusion.beta_schedule.value}; use ddpm, ddim or dpmpp")
+                             f"{defaults.diffusion.beta_schedule.value}; use ddpm, ddim, dpmpp or dpmpp-sde")
         plan[stage] = StageRun(defaults.diffusion, kind, n, float(g), _tile(options.tile, stage, defaults.tile))
     return plan
 
