@@ -71,13 +71,16 @@ def shapes_renders(low: int, size: int, count: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from unclip.diffusion.schedule import Sampler
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data", required=True, help="`shapes`, or a folder written by `unclip data emoji`")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp", "dpmpp-sde"], help="default: the upsampler's own")
+    parser.add_argument("--sampler", choices=[s.value for s in Sampler if s is not Sampler.unclip],
+                        help="default: the upsampler's own")
     parser.add_argument("--tile", type=int, help="tile side (0: the whole image; default: the upsamplers' own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")

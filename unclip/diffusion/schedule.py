@@ -31,6 +31,12 @@ class Sampler(str, enum.Enum):
     unclip = "unclip"  # diffusers' UnCLIPScheduler = Karlo's respaced DDPM (cosine only)
 
 
+def samplers_other_than_unclip() -> str:
+    """The samplers every stage can use, for messages: "ddpm, ddim, dpmpp or dpmpp-sde"."""
+    names = [s.value for s in Sampler if s is not Sampler.unclip]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 # ----------------------------------------------------------------------------------------------
 # schedule
 
@@ -61,19 +67,17 @@ def make_scheduler(cfg: DiffusionConfig, sampler: Sampler = Sampler.ddpm):
         # are noise.
         clipped = cfg.prediction is not Prediction.x0 and cfg.clip_sample_range == 1.0
         cosine = cfg.beta_schedule is BetaSchedule.cosine
-        return DPMSolverMultistepScheduler(**common, **betas, algorithm_type=_DPMPP_ALGORITHM[sampler],
+        algorithm = "sde-dpmsolver++" if sampler is Sampler.dpmpp_sde else "dpmsolver++"
+        return DPMSolverMultistepScheduler(**common, **betas, algorithm_type=algorithm,
                                            solver_order=2, variance_type=learned, lower_order_final=True,
                                            thresholding=clipped, dynamic_thresholding_ratio=1.0,
                                            sample_max_value=cfg.clip_sample_range,
                                            lambda_min_clipped=-5.1 if cosine else -float("inf"))
     if cfg.beta_schedule is not BetaSchedule.cosine:
-        raise ValueError("the 'unclip' sampler supports only the cosine schedule; use ddpm, ddim, dpmpp or dpmpp-sde")
+        raise ValueError(f"the 'unclip' sampler supports only the cosine schedule; use {samplers_other_than_unclip()}")
     if cfg.prediction is Prediction.v:
-        raise ValueError("the 'unclip' sampler does not support v prediction; use ddpm, ddim, dpmpp or dpmpp-sde")
+        raise ValueError(f"the 'unclip' sampler does not support v prediction; use {samplers_other_than_unclip()}")
     return UnCLIPScheduler(**common, **clip, variance_type=cfg.variance.value)
-
-
-_DPMPP_ALGORITHM = {Sampler.dpmpp: "dpmsolver++", Sampler.dpmpp_sde: "sde-dpmsolver++"}
 
 
 def inverse_scheduler(cfg: DiffusionConfig) -> DDIMInverseScheduler:

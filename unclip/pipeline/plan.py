@@ -29,7 +29,7 @@ from unclip.config import (
     UpsamplerStageConfig,
     Variance,
 )
-from unclip.diffusion.schedule import Sampler, make_scheduler
+from unclip.diffusion.schedule import Sampler, make_scheduler, samplers_other_than_unclip
 
 StageValue = Any  # a number or sampler name for every stage, or {stage: value}
 PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16}  # SamplingOptions.precision → autocast dtype
@@ -191,7 +191,7 @@ def make_plan(sampling: Mapping[Stage, StageSampling], stages: Sequence[Stage],
             raise ValueError(f"sampler: {kind!r} is not one of {', '.join(s.value for s in Sampler)}") from None
         if kind is Sampler.unclip and defaults.diffusion.beta_schedule is not BetaSchedule.cosine:
             raise ValueError(f"sampler: 'unclip' needs the cosine schedule, but the {stage} uses "
-                             f"{defaults.diffusion.beta_schedule.value}; use ddpm, ddim, dpmpp or dpmpp-sde")
+                             f"{defaults.diffusion.beta_schedule.value}; use {samplers_other_than_unclip()}")
         plan[stage] = StageRun(defaults.diffusion, kind, n, float(g), _tile(options.tile, stage, defaults.tile))
     return plan
 
