@@ -16,7 +16,9 @@ where that is not NCHW, diffusers' pipeline gets an NCHW copy, as it loads weigh
 figure is the best of ``--repeats`` rounds (rows interleaved) after one warm-up run. ``--compile``
 compiles unclip's networks (``torch.compile``, ``unclip.pipeline.compiled``; diffusers' pipeline
 calls the inner UNets and stays eager) and prints each row's first call, which pays the compile
-time, apart. Not a test; needs transformers for the diffusers side (skipped with a note otherwise).
+time, apart. ``--profile`` runs the like-for-like rows once more under ``torch.profiler`` and
+splits their wall time into operator kinds and the time outside operators (``bench/op_profile.py``).
+Not a test; needs transformers for the diffusers side (skipped with a note otherwise).
 """
 
 from __future__ import annotations
@@ -122,6 +124,24 @@ def build_rows(pipe: UnCLIPPipeline, device: torch.device, steps: dict, bf16: bo
     return rows
 
 
+def profile_rows(rows: list[tuple[str, object]], batch: int) -> list[dict]:
+    """The like-for-like rows (diffusers and unclip with the same samplers) once each under the profiler."""
+    from op_profile import format_split, header, time_split
+
+    chosen = [(label, fn) for label, fn in rows if label.startswith("diffusers") or "same samplers" in label]
+    if not chosen:
+        print("\n(no like-for-like rows to profile)")
+        return []
+    print(f"\nwhere the time goes (torch.profiler, batch {batch}, fastest of 3 calls each; share of its wall time):")
+    print(header())
+    profiles = []
+    for label, fn in chosen:
+        split = time_split(lambda fn=fn: fn(batch))
+        print(format_split(label, split))
+        profiles.append({"label": label.strip(), "batch": batch, **split})
+    return profiles
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
@@ -134,6 +154,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
     parser.add_argument("--compile", action="store_true", help="torch.compile unclip's networks (opt-in)")
+    parser.add_argument("--profile", action="store_true",
+                        help="split the like-for-like rows' time into operator kinds and the rest (torch.profiler)")
     parser.add_argument("--json", action="store_true",
                         help='end with one line {"rows": [{"label", "batch", "seconds", "ratio"}, ...]}')
     args = parser.parse_args()
@@ -182,8 +204,9 @@ def main() -> int:
         print("\nfirst call (warm-up; compiling on the unclip rows):")
         for label, _ in rows:
             print(f"{label:38}" + "".join(f"{first[label, b]:19.1f} s" for b in args.batches))
+    profiles = profile_rows(rows, args.batches[0]) if args.profile else []
     if args.json:
-        print(json.dumps({"rows": table}))
+        print(json.dumps({"rows": table, **({"profile": profiles} if args.profile else {})}))
     return 0
 
 

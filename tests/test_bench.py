@@ -19,11 +19,43 @@ def run_sampling_bench(*args: str) -> tuple[list[dict], str]:
 
 
 def test_the_sampling_bench_compares_like_for_like_on_tiny_weights():
-    rows, _ = run_sampling_bench("--configs", "configs/tiny")
-    (same,) = [r for r in rows if "same samplers" in r["label"]]
-    (diffusers,) = [r for r in rows if r["label"].startswith("diffusers")]
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "sampling.py"), "--steps", "2", "2", "2",
+                             "--batches", "1", "--repeats", "1", "--no-bf16", "--json", "--profile",
+                             "--configs", "configs/tiny"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    (same,) = [r for r in report["rows"] if "same samplers" in r["label"]]
+    (diffusers,) = [r for r in report["rows"] if r["label"].startswith("diffusers")]
     assert same["batch"] == 1 and same["seconds"] > 0 and diffusers["ratio"] is None
     assert abs(same["ratio"] - same["seconds"] / diffusers["seconds"]) < 1e-9
+    profiled = {p["label"]: p for p in report["profile"]}
+    assert set(profiled) == {same["label"], diffusers["label"]}
+    for split in profiled.values():  # both UNets are convolutional: their convolutions take time
+        assert split["convolution"] > 0 and split["top-level ops"] > 100
+
+
+def test_the_operator_profile_splits_a_calls_wall_time_by_operator_kind():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import torch
+    from op_profile import KINDS, kind_of, time_split
+
+    assert [kind_of(n) for n in ("aten::mkldnn_convolution", "aten::addmm", "aten::mm", "aten::native_group_norm",
+                                 "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::silu")] == \
+        ["convolution", "matmul", "matmul", "normalisation", "attention", "other ops"]
+    conv, x = torch.nn.Conv2d(8, 8, 3, padding=1), torch.randn(2, 8, 32, 32)
+    w = torch.randn(256, 256)
+
+    def call():
+        with torch.no_grad():
+            for _ in range(5):
+                conv(x)
+            w @ w
+
+    split = time_split(call, calls=2)
+    parts = [split[k] for k in [*KINDS, "other ops", "outside ops"]]
+    assert abs(sum(parts) - split["wall"]) < 1e-6 or split["outside ops"] == 0
+    assert split["convolution"] > 0 and split["matmul"] > 0 and split["attention"] == 0
+    assert split["top-level ops"] == 6  # five convolutions and one matmul called from Python
 
 
 def test_the_sampling_bench_runs_on_the_shipped_cascade_and_says_why_rows_are_missing():
