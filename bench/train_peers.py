@@ -214,6 +214,25 @@ def measure(impl: str, model: str, precision: str, steps: int, decoder_batch: in
             "seconds": seconds, "samples_per_s": b / seconds, "ratio": None, "flops": flops}
 
 
+def profile_unclip(models, precisions, batch: int) -> list[dict]:
+    """Where one unclip training step's time goes on the CPU (``bench/op_profile.py``), per model and precision."""
+    from op_profile import format_split, header, time_split
+
+    print("\nwhere unclip's step goes (torch.profiler, fastest of 3 profiled steps; share of its wall time):")
+    print(header())
+    splits = []
+    for model in models:
+        for precision in precisions:
+            torch.manual_seed(0)
+            net, loss_fn = unclip_case(model, inputs(model, torch.Generator().manual_seed(0), batch))
+            step = trainer(net.train(), loss_fn, precision)
+            step()  # warm-up
+            split = time_split(step)
+            print(format_split(f"{model} {precision}", split), flush=True)
+            splits.append({"model": model, "precision": precision, **split})
+    return splits
+
+
 def run_worker(args) -> int:
     rows = [measure("DALLE2-pytorch", m, p, args.steps, args.batch, torch.device(args.device))
             for m in args.models for p in args.precisions]
@@ -240,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-size", type=int, default=4096, help="side of the bf16 matmul that sets the peak")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=DECODER_BATCH, help="the decoders' batch")
+    parser.add_argument("--profile", action="store_true",
+                        help="also split unclip's step time into operator kinds and the rest (CPU only)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", choices=["dalle2"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -247,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps, --peak-size and --batch must be at least 1")
     if args.worker:
         return run_worker(args)
+    if args.profile and args.device != "cpu":
+        parser.error("--profile splits CPU time; on a GPU use the CUDA profiler")
 
     device = torch.device(args.device)
     peak = matmul_peak(args.peak_size, device=device)
@@ -270,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['model']:<13} {r['impl']:<16} {r['precision']:<9} {r['params'] / 1e6:>7.2f}M {r['batch']:>5} "
               f"{r['seconds']:>7.3f} {r['samples_per_s']:>9.1f} {ratio:>11} {r['flops'] / 1e9:>10.1f} "
               f"{100 * r['mfu']:>5.1f}%", flush=True)
+    profiles = profile_unclip(args.models, args.precisions, args.batch) if args.profile else None
     if args.json:
-        print(json.dumps({"peak_flops": peak, "device": where, "rows": rows}))
+        print(json.dumps({"peak_flops": peak, "device": where, "rows": rows,
+                          **({"profile": profiles} if profiles is not None else {})}))
     return 0
 
 

@@ -97,11 +97,14 @@ def test_the_training_peer_bench_times_unclip_beside_diffusers_blocks_and_says_w
 def test_the_training_peer_bench_takes_the_decoders_batch_and_device():
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "train_peers.py"), "--models", "decoder-5.8M",
                              "--precisions", "fp32", "--steps", "1", "--peak-size", "64", "--batch", "2",
-                             "--device", "cpu", "--json"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                             "--device", "cpu", "--profile", "--json"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["device"].startswith("cpu")
     assert {r["batch"] for r in report["rows"]} == {2} and len(report["rows"]) == 2
+    (split,) = report["profile"]  # unclip's decoder step: its convolutions and their gradients take time
+    assert split["model"] == "decoder-5.8M" and split["convolution"] > 0 and split["wall"] > 0
 
 
 def test_the_upscale_quality_bench_scores_shapes_renders(tiny_pipeline_dir):
