@@ -11,7 +11,7 @@ The profiler adds its own cost to every operator, so read the shares, not the se
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -58,6 +58,19 @@ def format_split(label: str, split: dict[str, float]) -> str:
     """One table row: wall seconds, each kind's share of the wall time, the operator count."""
     shares = "".join(f"{100 * split[k] / split['wall']:>14.0f}%" for k in [*KINDS, "other ops", "outside ops"])
     return f"{label:38}{split['wall']:>8.3f} s{shares}{int(split['top-level ops']):>12}"
+
+
+def profile_cases(title: str, cases: Iterable[tuple[str, Callable[[], object], dict]]) -> list[dict]:
+    """``time_split`` of each ``(label, fn, fields)`` in ``cases``, printed as a table under ``title``;
+    one dict per case: ``fields`` and the split."""
+    print(f"\n{title}")
+    print(header())
+    splits = []
+    for label, fn, fields in cases:
+        split = time_split(fn)
+        print(format_split(label, split), flush=True)
+        splits.append({**fields, **split})
+    return splits
 
 
 def header() -> str:

@@ -125,21 +125,17 @@ def build_rows(pipe: UnCLIPPipeline, device: torch.device, steps: dict, bf16: bo
 
 
 def profile_rows(rows: list[tuple[str, object]], batch: int) -> list[dict]:
-    """The like-for-like rows (diffusers and unclip with the same samplers) once each under the profiler."""
-    from op_profile import format_split, header, time_split
+    """The like-for-like rows (diffusers and unclip with the same samplers) under the profiler."""
+    from op_profile import profile_cases
 
     chosen = [(label, fn) for label, fn in rows if label.startswith("diffusers") or "same samplers" in label]
     if not chosen:
         print("\n(no like-for-like rows to profile)")
         return []
-    print(f"\nwhere the time goes (torch.profiler, batch {batch}, fastest of 3 calls each; share of its wall time):")
-    print(header())
-    profiles = []
-    for label, fn in chosen:
-        split = time_split(lambda fn=fn: fn(batch))
-        print(format_split(label, split))
-        profiles.append({"label": label.strip(), "batch": batch, **split})
-    return profiles
+    return profile_cases(f"where the time goes (torch.profiler, batch {batch}, fastest of 3 calls each; "
+                         "share of its wall time):",
+                         [(label, lambda fn=fn: fn(batch), {"label": label.strip(), "batch": batch})
+                          for label, fn in chosen])
 
 
 def main() -> int:

@@ -216,21 +216,18 @@ def measure(impl: str, model: str, precision: str, steps: int, decoder_batch: in
 
 def profile_unclip(models, precisions, batch: int) -> list[dict]:
     """Where one unclip training step's time goes on the CPU (``bench/op_profile.py``), per model and precision."""
-    from op_profile import format_split, header, time_split
+    from op_profile import profile_cases
 
-    print("\nwhere unclip's step goes (torch.profiler, fastest of 3 profiled steps; share of its wall time):")
-    print(header())
-    splits = []
-    for model in models:
-        for precision in precisions:
-            torch.manual_seed(0)
-            net, loss_fn = unclip_case(model, inputs(model, torch.Generator().manual_seed(0), batch))
-            step = trainer(net.train(), loss_fn, precision)
-            step()  # warm-up
-            split = time_split(step)
-            print(format_split(f"{model} {precision}", split), flush=True)
-            splits.append({"model": model, "precision": precision, **split})
-    return splits
+    def step(model: str, precision: str):
+        torch.manual_seed(0)
+        net, loss_fn = unclip_case(model, inputs(model, torch.Generator().manual_seed(0), batch))
+        run = trainer(net.train(), loss_fn, precision)
+        run()  # warm-up
+        return run
+
+    title = "where unclip's step goes (torch.profiler, fastest of 3 profiled steps; share of its wall time):"
+    return profile_cases(title, ((f"{m} {p}", step(m, p), {"model": m, "precision": p})  # built one at a time
+                                 for m in models for p in precisions))
 
 
 def run_worker(args) -> int:

@@ -10,20 +10,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_sampling_bench(*args: str) -> tuple[list[dict], str]:
+def run_sampling_bench(*args: str) -> tuple[dict, str]:
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "sampling.py"), "--steps", "2", "2", "2",
                              "--batches", "1", "--repeats", "1", "--no-bf16", "--json", *args],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])["rows"], result.stdout
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stdout
 
 
 def test_the_sampling_bench_compares_like_for_like_on_tiny_weights():
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "sampling.py"), "--steps", "2", "2", "2",
-                             "--batches", "1", "--repeats", "1", "--no-bf16", "--json", "--profile",
-                             "--configs", "configs/tiny"], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report, _ = run_sampling_bench("--profile", "--configs", "configs/tiny")
     (same,) = [r for r in report["rows"] if "same samplers" in r["label"]]
     (diffusers,) = [r for r in report["rows"] if r["label"].startswith("diffusers")]
     assert same["batch"] == 1 and same["seconds"] > 0 and diffusers["ratio"] is None
@@ -59,7 +55,8 @@ def test_the_operator_profile_splits_a_calls_wall_time_by_operator_kind():
 
 
 def test_the_sampling_bench_runs_on_the_shipped_cascade_and_says_why_rows_are_missing():
-    rows, out = run_sampling_bench("--checkpoint", "checkpoints/shapes")
+    report, out = run_sampling_bench("--checkpoint", "checkpoints/shapes")
+    rows = report["rows"]
     assert "(no like-for-like rows: the 'unclip' sampler does not support v prediction" in out
     assert not any("same samplers" in r["label"] or r["label"].startswith("diffusers") for r in rows)
     assert {r["label"].split("→")[1].strip() for r in rows} == {"256", "1024"}
