@@ -155,6 +155,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true",
                         help='end with one line {"rows": [{"label", "batch", "seconds", "ratio"}, ...]}')
     args = parser.parse_args()
+    if args.profile and torch.device(args.device).type != "cpu":
+        parser.error("--profile splits CPU time; on a GPU use the CUDA profiler")
 
     device = torch.device(args.device)
     if args.checkpoint:

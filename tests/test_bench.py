@@ -30,6 +30,14 @@ def test_the_sampling_bench_compares_like_for_like_on_tiny_weights():
         assert split["convolution"] > 0 and split["top-level ops"] > 100
 
 
+def test_both_benches_refuse_to_profile_off_the_cpu():  # the profile splits CPU time; a GPU would hide in it
+    for script in ("sampling.py", "train_peers.py"):
+        result = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--device", "cuda", "--profile"],
+                                capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert result.returncode == 2 and "use the CUDA profiler" in result.stderr, (script, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+
+
 def test_the_operator_profile_splits_a_calls_wall_time_by_operator_kind():
     sys.path.insert(0, str(ROOT / "bench"))
     import torch
