@@ -168,6 +168,8 @@ def test_eval_cli_writes_the_report(tmp_path, capsys, monkeypatch):
 def test_eval_cli_rejects_bad_counts(capsys):
     assert main(["eval", "--random-from", "configs/tiny", "--prompts", "0"]) == 2
     assert "--prompts" in capsys.readouterr().err
+    assert main(["eval", "--random-from", "configs/tiny", "--decoder-candidates", "0"]) == 2
+    assert "--decoder-candidates: expected a positive whole number" in capsys.readouterr().err
 
 
 def small_eval(out, *extra) -> int:
@@ -185,6 +187,13 @@ def test_eval_sampler_replaces_the_checkpoints_own_on_the_named_stages(tmp_path)
     assert sampling["decoder"]["sampler"] == "ddim"  # STAGE=NAME wins over the bare name
     assert sampling["prior"]["sampler"] == sampling["upsampler_256"]["sampler"] == "dpmpp"
     assert "decoder ddim 2 steps" in (out / "report.md").read_text()
+
+
+def test_eval_decoder_candidates_reach_the_report(tmp_path):
+    out = tmp_path / "eval"
+    assert small_eval(out, "--decoder-candidates", "2") == 0
+    assert json.loads((out / "report.json").read_text())["settings"]["decoder_candidates"] == 2
+    assert "the decoder's best of 2 by CLIP similarity to the caption" in (out / "report.md").read_text()
 
 
 def test_eval_guidance_replaces_the_checkpoints_own_on_the_named_stages(tmp_path):

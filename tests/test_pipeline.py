@@ -26,7 +26,7 @@ from unclip.pipeline.denoisers import (
 from unclip.pipeline.inputs import check_prompts
 from unclip.pipeline.latents import slerp, text_diff_embeddings
 from unclip.pipeline.manipulate import invert_pixels, manipulation_plan
-from unclip.pipeline.sampling import decode, sample_prior, upsample
+from unclip.pipeline.sampling import decode, decode_best_of, sample_prior, upsample
 
 FAST = {"prior": 2, "decoder": 2, "upsampler": 2}
 
@@ -133,11 +133,30 @@ def test_prompts_are_checked(tiny_pipeline):
     assert p.clip.token_count("unbelievably") > 1 and p.clip.token_count("a red circle") == 5
 
 
+def test_the_decoders_best_of_k_keeps_the_candidate_clip_puts_closest_to_the_caption(tiny_pipeline):
+    p = tiny_pipeline
+    text = p.clip.encode_text(["a red circle", "a blue square"])
+    z = text.emb + 0.3 * torch.randn(text.emb.shape, generator=torch.Generator().manual_seed(1))
+    run = p.plan(["decoder"], steps=FAST)["decoder"]
+    best = decode_best_of(p, z, text, run, torch.Generator().manual_seed(5), candidates=3, progress=False)
+    rows = torch.arange(2).repeat_interleave(3)  # the same draws, decoded as one batch of 2·3
+    every = decode(p, z[rows], text[rows], run, torch.Generator().manual_seed(5), progress=False).reshape(2, 3, 3, 32, 32)
+    score = torch.cosine_similarity(p.clip.encode_image(every.flatten(0, 1)), text.emb[rows], dim=-1).reshape(2, 3)
+    assert score.std() > 0  # the candidates differ, so the choice matters
+    for row in range(2):
+        assert torch.equal(best[row], every[row, score[row].argmax()])
+    one = decode_best_of(p, z, text, run, torch.Generator().manual_seed(5), candidates=1, progress=False)
+    assert torch.equal(one, decode(p, z, text, run, torch.Generator().manual_seed(5), progress=False))
+    out = p.generate("a red circle", n=2, size=64, steps=FAST, seed=0, decoder_candidates=2, progress=False)
+    assert len(out) == 2 and out[0].size == (64, 64)
+
+
 @pytest.mark.parametrize("kwargs, name", [
     (dict(n=0), "n"), (dict(n=1.5), "n"), (dict(size=48), "size"), (dict(steps=0), "steps"),
     (dict(steps={"decoder": 0}), "steps"), (dict(steps={"decodr": 3}), "steps"),
     (dict(guidance={"upsampler": 2.0}), "guidance"), (dict(guidance=-1), "guidance"),
     (dict(sampler="euler"), "sampler"), (dict(prior_candidates=0), "prior_candidates"),
+    (dict(decoder_candidates=0), "decoder_candidates"),
 ])
 def test_bad_arguments_name_themselves(tiny_pipeline, kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name}: "):

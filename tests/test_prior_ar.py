@@ -261,6 +261,12 @@ def test_eval_puts_the_priors_side_by_side(folder_with_two_priors):
         assert -1 <= r["cosine"]["prior_best_of_2"] <= 1
     table = "\n".join(_priors_table(result, lambda v: f"{100 * v:.1f}%"))
     assert "| prior_ar | autoregressive |" in table and "| prior | diffusion |" in table
+    # the report's own binding (all prompts, the loaded prior) is taken as it is, not measured again
+    known = {"two_object": {"all": 0.123, "n": 2}}
+    reused = compare_priors(pipes, settings, measured=(pipes["prior"], known))
+    assert reused["prior"]["binding"] is known and reused["prior_ar"]["binding"] == result["prior_ar"]["binding"]
+    fewer = replace(settings, ablation_prompts=1)  # a shorter comparison measures its own
+    assert compare_priors(pipes, fewer, measured=(pipes["prior"], known))["prior"]["binding"]["two_object"]["n"] == 1
 
 
 

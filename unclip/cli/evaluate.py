@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-priors", nargs="+", metavar="NAME",
                         help="prior sub-folders of the checkpoint to put side by side through its decoder "
                              "(default: every prior sub-folder, e.g. prior and prior_ar, when there are several)")
+    parser.add_argument("--decoder-candidates", type=int, default=1, metavar="K",
+                        help="shapes suite: decoder samples per generated image, the one closest to its caption by "
+                             "CLIP kept, as `unclip generate --decoder-candidates` (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action="store_true",
                         help="run the networks under bfloat16 autocast (about 2× faster on CPUs with AMX or AVX-512 "
@@ -67,6 +70,8 @@ def _settings(args: argparse.Namespace):
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive whole number, got {value}")
     parse = stage_value(int)
     steps = stage_values([parse(s) for s in args.steps], SAMPLED_STAGES) if args.steps else None
+    if args.decoder_candidates < 1:
+        raise ValueError(f"--decoder-candidates: expected a positive whole number, got {args.decoder_candidates}")
     if args.ablation_prompts is not None and args.ablation_prompts < 1:
         raise ValueError(f"--ablation-prompts: expected a positive whole number, got {args.ablation_prompts}")
     if args.suite.startswith("emoji") and not args.data:
@@ -83,7 +88,7 @@ def _settings(args: argparse.Namespace):
         return EmojiEvalSettings(data=args.data, **counts, fid_sizes=tuple(args.fid_sizes), seed=args.seed,
                                  steps=steps)
     return EvalSettings(**counts, ablation_prompts=args.ablation_prompts, fid_sizes=tuple(args.fid_sizes),
-                        seed=args.seed, steps=steps)
+                        seed=args.seed, steps=steps, decoder_candidates=args.decoder_candidates)
 
 
 def _samplers(args: argparse.Namespace):
@@ -143,12 +148,13 @@ def _priors_to_compare(args: argparse.Namespace) -> list[str]:
     return args.compare_priors or (found if len(found) > 1 else [])
 
 
-def sample_sheet(pipe, path: Path, seed: int, steps=None) -> Path:
+def sample_sheet(pipe, path: Path, seed: int, steps=None, decoder_candidates: int = 1) -> Path:
     """One image per fixed prompt (``evaluate.SHEET_PROMPTS``) at the default size, captioned."""
     from unclip.cli.common import save_grid
     from unclip.evaluation.report import SHEET_PROMPTS
 
-    images = pipe.generate(list(SHEET_PROMPTS), steps=steps, seed=seed, progress=False)
+    images = pipe.generate(list(SHEET_PROMPTS), steps=steps, seed=seed, progress=False,
+                           decoder_candidates=decoder_candidates)
     return save_grid(images, path, columns=4, captions=list(SHEET_PROMPTS))
 
 
@@ -220,12 +226,13 @@ def run(args: argparse.Namespace) -> int:
                      use_sampling_defaults(UnCLIPPipeline.from_pretrained(args.checkpoint_path, device=pipe.device,
                                                                  prior=name), samplers, guidance)
                      for name in priors}
-            report["priors"] = compare_priors(pipes, settings)
+            report["priors"] = compare_priors(pipes, settings, measured=(pipe, report["binding"]))
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
         table = markdown(report)
         (args.out / "report.md").write_text(table)
         print(table)
-        grid = sample_sheet(pipe, args.out / "samples.png", seed=args.seed, steps=settings.steps)
+        grid = sample_sheet(pipe, args.out / "samples.png", seed=args.seed, steps=settings.steps,
+                            decoder_candidates=settings.decoder_candidates)
     print(f"wrote {args.out / 'report.json'}, {args.out / 'report.md'} and {grid}")
     return 0

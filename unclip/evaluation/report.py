@@ -42,7 +42,7 @@ from unclip.evaluation.detector import detect, score
 from unclip.evaluation.fid import InceptionFeatures, frechet_distance, statistics
 from unclip.evaluation.probes import relation_accuracy, relation_probe
 from unclip.pipeline.plan import SamplingOptions
-from unclip.pipeline.sampling import decode, sample_prior, upsample
+from unclip.pipeline.sampling import decode_best_of, sample_prior, upsample
 
 BACKGROUND_NAMES = ("white", "black", "gray")
 # The captioned sample sheet: four seen pairs, two held-out pairs (green triangle, orange circle;
@@ -74,6 +74,7 @@ class EvalSettings:
     batch: int = 50  # images per pipeline call
     seed: int = 0
     steps: dict | None = None  # per-stage step overrides, as for generate()
+    decoder_candidates: int = 1  # decoder samples per image, the closest to the caption by CLIP kept
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,15 +142,16 @@ def generate_side(pipe, scenes: list[Scene], side: int, settings: EvalSettings, 
                   source: str = "prior") -> list[Image.Image]:
     captions = [s.caption for s in scenes]
     if source == "prior":
-        return pipe.generate(captions, size=side, steps=settings.steps, seed=seed, progress=False)
+        return pipe.generate(captions, size=side, steps=settings.steps, seed=seed, progress=False,
+                             decoder_candidates=settings.decoder_candidates)
     if source not in ("text", "image"):
         raise ValueError(f"binding source must be 'prior', 'text' or 'image', got {source!r}")
     options = SamplingOptions(steps=settings.steps, seed=seed, progress=False)
     plan = pipe.plan([Stage.decoder], options)
     text = pipe.clip.encode_text(captions)
     image_emb = text.emb if source == "text" else pipe.clip.encode_image([s.render(pipe.clip.image_size) for s in scenes])
-    return tensor_to_pil(decode(pipe, image_emb, text, plan[Stage.decoder], options.make_generator(pipe.device),
-                                progress=False))
+    return tensor_to_pil(decode_best_of(pipe, image_emb, text, plan[Stage.decoder], options.make_generator(pipe.device),
+                                        candidates=settings.decoder_candidates, progress=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,8 +201,8 @@ def fid(pipe, sides: list[int], settings: EvalSettings, features: Callable) -> d
     for i, chunk in in_batches(scenes, settings.batch, f"FID {'/'.join(map(str, sides))}"):
         g = SamplingOptions(seed=settings.seed + 10_000 + i).make_generator(pipe.device)
         text = pipe.clip.encode_text([s.caption for s in chunk])
-        pixels = decode(pipe, sample_prior(pipe, text, plan[Stage.prior], g, progress=False), text, plan[Stage.decoder],
-                        g, progress=False)
+        pixels = decode_best_of(pipe, sample_prior(pipe, text, plan[Stage.prior], g, progress=False), text,
+                                plan[Stage.decoder], g, candidates=settings.decoder_candidates, progress=False)
         for side in sorted(sides):  # each upsampler runs once: 64 → 256 → 1024
             pixels = upsample(pipe, pixels, side, plan, g, progress=False)
             real[side].append(features(pil_to_tensor([s.render(side) for s in chunk])))
@@ -285,10 +287,12 @@ def run_eval(pipe, settings: EvalSettings, *, fid_features: Callable | None = No
 
 def _describe_sampling(report: dict) -> str:
     stages = report.get("sampling", {})
-    return ", ".join(f"{stage} {s['sampler']} {s['steps']} steps"
+    text = ", ".join(f"{stage} {s['sampler']} {s['steps']} steps"
                      + (f" guidance {s['guidance']:g}" if s["guidance"] != 1 else "")
                      + (f" on {s['tile']}-pixel tiles" if s.get("tile") else "")
                      for stage, s in stages.items()) or "the checkpoint's defaults"
+    k = report.get("settings", {}).get("decoder_candidates", 1)
+    return text + (f"; the decoder's best of {k} by CLIP similarity to the caption" if k > 1 else "")
 
 
 def _inception():

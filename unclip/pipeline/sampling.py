@@ -5,7 +5,10 @@
 - **prior** (§2.2): guided on its full x0 output (the autoregressive prior: on each code's logits,
   ``pipeline.prior_ar``); ``candidates`` samples per image, keeping the one whose raw
   (unstandardised) embedding has the highest dot product with the text embedding.
-- **decoder** (§2.1): guided on eps only; output clamped to [−1, 1].
+- **decoder** (§2.1): guided on eps only; output clamped to [−1, 1]. ``decode_best_of`` draws
+  ``candidates`` samples per image and keeps the one whose CLIP image embedding is closest (cosine)
+  to the caption's text embedding: the prior's best-of-k rule applied to the decoder's pictures, an
+  opt-in for attribute binding (the decoder's §7 failure) at k times the decoder's cost.
 - **upsamplers**: never guided; conditioned on the previous stage's output.
 """
 
@@ -79,6 +82,23 @@ def decode(pipe, image_emb: torch.Tensor, text: TextEncoding, run: StageRun, gen
     return x0.clamp(-1, 1)
 
 
+@torch.no_grad()
+def decode_best_of(pipe, image_emb: torch.Tensor, text: TextEncoding, run: StageRun, generator, *,
+                   candidates: int = 1, progress: bool = True) -> torch.Tensor:
+    """``decode`` with ``candidates`` samples per row, the one whose CLIP image embedding has the
+    highest cosine to the row's text embedding kept; (B, 3, S, S). One candidate is plain ``decode``."""
+    if candidates == 1:
+        return decode(pipe, image_emb, text, run, generator, progress=progress)
+    batch = len(image_emb)
+    rows = torch.arange(batch, device=image_emb.device).repeat_interleave(candidates)  # (B·k,)
+    if isinstance(generator, (list, tuple)):  # one generator per row: each draws its row's k candidates
+        generator = [g for g in generator for _ in range(candidates)]
+    pixels = decode(pipe, image_emb[rows], text[rows], run, generator, progress=progress)  # (B·k, 3, S, S)
+    score = torch.nn.functional.cosine_similarity(pipe.clip.encode_image(pixels), text.emb[rows].float(), dim=-1)
+    best = score.reshape(batch, candidates).argmax(dim=1)  # (B,)
+    return pixels.reshape(batch, candidates, *pixels.shape[1:])[torch.arange(batch, device=pixels.device), best]
+
+
 def upsampler_fn(pipe, slot: Stage, low_res: torch.Tensor, scheduler, run: StageRun):
     """Upsampler ``slot`` as ``model_fn(x_t, t)`` conditioned on ``low_res``; sampled with ``run``
     on ``scheduler``, Karlo's last-step UNet (if loaded) takes the final step."""
@@ -109,11 +129,14 @@ def upsample(pipe, pixels: torch.Tensor, size: int, plan: Mapping[Stage, StageRu
 
 @torch.no_grad()
 def text_to_image(pipe, prompts: str | Sequence[str], n: int, options: SamplingOptions, *,
-                  prior_candidates: int = 2, return_embeddings: bool = False) -> list[Image.Image] | Generation:
-    """``n`` images per prompt: prior → decoder → upsamplers to ``options.size`` (paper §2)."""
+                  prior_candidates: int = 2, decoder_candidates: int = 1,
+                  return_embeddings: bool = False) -> list[Image.Image] | Generation:
+    """``n`` images per prompt: prior → decoder (best of ``decoder_candidates`` by CLIP) →
+    upsamplers to ``options.size`` (paper §2)."""
     prompts = check_prompts(pipe.clip, prompts)
     check_count("n", n)
     check_count("prior_candidates", prior_candidates)
+    check_count("decoder_candidates", decoder_candidates)
     pipe.require(Stage.prior, "generate")
     pipe.require(Stage.decoder, "generate")
     size = pipe.check_size(options.size)
@@ -124,7 +147,8 @@ def text_to_image(pipe, prompts: str | Sequence[str], n: int, options: SamplingO
         text = pipe.clip.encode_text(prompts)[rows]  # (B, ...), B = len(prompts)·n
         image_emb = sample_prior(pipe, text, plan[Stage.prior], g, candidates=prior_candidates,
                                  progress=options.progress)
-        pixels = decode(pipe, image_emb, text, plan[Stage.decoder], g, progress=options.progress)
+        pixels = decode_best_of(pipe, image_emb, text, plan[Stage.decoder], g, candidates=decoder_candidates,
+                                progress=options.progress)
         pixels = upsample(pipe, pixels, size, plan, g, progress=options.progress)
     images = tensor_to_pil(pixels)
     if return_embeddings:
