@@ -64,8 +64,9 @@ def test_the_shipped_cascade_draws_the_stored_pixels_for_a_fixed_seed(shipped):
     """Two prompts at 256 (prior, decoder and the 64→256 upsampler), seed 0, few steps: the pixels
     must match those stored in tests/data (made again when the residual 64→256 upsampler shipped,
     issue 18, when it began sampling on 64×64 tiles, and when part 4, trained on edge crops,
-    replaced it: max 99 levels on a few edge pixels, mean 0.4). Thread counts move a few pixels by one
-    level, so the tolerance allows that."""
+    replaced it: max 99 levels on a few edge pixels, mean 0.4; and when decoder part 6 shipped, which
+    draws the second prompt's red square and blue circle right). Thread counts move a few pixels by
+    one level, so the tolerance allows that."""
     import numpy as np
     from PIL import Image
 
