@@ -97,11 +97,11 @@ def test_eval_true_image_embedding_feeds_the_renders_own_clip_embedding(tiny_pip
     scenes = one_object_scenes([("red", "circle"), ("blue", "square")], 3, seed=0)
     seen = {}
 
-    def decode(pipe, image_emb, text, run, generator, progress=True):
+    def decode_best_of(pipe, image_emb, text, run, generator, candidates=1, progress=True):
         seen["image_emb"], seen["text_emb"] = image_emb, text.emb
         return torch.zeros(len(scenes), 3, 32, 32)
 
-    monkeypatch.setattr(unclip.evaluation.report, "decode", decode)
+    monkeypatch.setattr(unclip.evaluation.report, "decode_best_of", decode_best_of)
     settings = EvalSettings(steps={"decoder": 1})
     generate_side(tiny_pipeline, scenes, 32, settings, seed=0, source="image")
     side = tiny_pipeline.clip.image_size

@@ -149,10 +149,7 @@ class UnCLIPPipeline:
     def generate(self, prompts: str | Sequence[str], n: int = 1, options: SamplingOptions | None = None, *,
                  prior_candidates: int = 2, decoder_candidates: int = 1, return_embeddings: bool = False,
                  **overrides) -> list[Image.Image] | Generation:
-        """``n`` images per prompt, sampled as ``options`` (or its fields as keywords) say; a
-        ``Generation`` with the pixels and embeddings when ``return_embeddings``. Each image keeps
-        the best of ``prior_candidates`` embeddings and of ``decoder_candidates`` 64×64 pictures,
-        both by CLIP similarity to the caption."""
+        """``n`` images per prompt, each the best of ``prior_candidates`` z_i and ``decoder_candidates`` images by CLIP."""
         return text_to_image(self, prompts, n, SamplingOptions.of(options, overrides),
                              prior_candidates=prior_candidates, decoder_candidates=decoder_candidates,
                              return_embeddings=return_embeddings)
