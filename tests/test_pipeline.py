@@ -149,6 +149,13 @@ def test_the_decoders_best_of_k_keeps_the_candidate_clip_puts_closest_to_the_cap
     assert torch.equal(one, decode(p, z, text, run, torch.Generator().manual_seed(5), progress=False))
     out = p.generate("a red circle", n=2, size=64, steps=FAST, seed=0, decoder_candidates=2, progress=False)
     assert len(out) == 2 and out[0].size == (64, 64)
+    # one generator per row (diffusers' convention) draws that row's candidates, for the prior and the decoder
+    rows = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    out = p.generate(["a red circle", "a blue square"], size=32, steps=FAST, generator=rows, decoder_candidates=2,
+                     progress=False)
+    alone = p.generate(["a blue square"], size=32, steps=FAST, generator=[torch.Generator().manual_seed(1)],
+                       decoder_candidates=2, progress=False)
+    assert len(out) == 2 and np.array_equal(pixels(out[1:]), pixels(alone))
 
 
 @pytest.mark.parametrize("kwargs, name", [

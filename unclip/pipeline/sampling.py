@@ -45,13 +45,30 @@ def draw_noise(shape: tuple[int, ...], generator, device: torch.device) -> torch
     return torch.randn(shape, generator=generator, device=source).to(device)
 
 
+def per_candidate(generator, candidates: int):
+    """``generator`` for ``candidates`` samples per row: a list (one generator per row) repeated so
+    that each row's generator draws its row's candidates; a single generator (or None) as it is."""
+    if isinstance(generator, (list, tuple)):
+        return [g for g in generator for _ in range(candidates)]
+    return generator
+
+
+def keep_best(samples: torch.Tensor, score: torch.Tensor, candidates: int) -> torch.Tensor:
+    """From ``samples`` (B·k, ...), k consecutive candidates per row, the one with the highest
+    ``score`` (B·k,) in each row: (B, ...)."""
+    batch = len(samples) // candidates
+    best = score.reshape(batch, candidates).argmax(dim=1)  # (B,)
+    return samples.reshape(batch, candidates, *samples.shape[1:])[torch.arange(batch, device=samples.device), best]
+
+
 @torch.no_grad()
 def sample_prior(pipe, text: TextEncoding, run: StageRun, generator, *, candidates: int = 2,
                  progress: bool = True) -> torch.Tensor:
     """Raw CLIP image embeddings (B, D) for ``text`` (B rows): ``candidates`` samples each, the one
     with the highest ⟨z_i, text_emb⟩ kept."""
     batch = len(text.emb)
-    cond = text[torch.arange(batch, device=text.emb.device).repeat_interleave(candidates)]  # (B·k, ...)
+    rows = torch.arange(batch, device=text.emb.device).repeat_interleave(candidates)  # (B·k,)
+    cond, generator = text[rows], per_candidate(generator, candidates)
     if isinstance(pipe.prior, ARPrior):  # K code steps; the run's steps and sampler do not apply
         z = sample_ar_prior(pipe.prior, cond, pipe.empty_caption(), run.guidance, generator, progress=progress)
     else:
@@ -59,9 +76,7 @@ def sample_prior(pipe, text: TextEncoding, run: StageRun, generator, *, candidat
         x_T = draw_noise((batch * candidates, pipe.prior.cfg.embedding_dim), generator, pipe.device)
         x0 = sample_loop(fn, run.scheduler(), x_T, run.steps, generator=generator, desc="prior", progress=progress)
         z = pipe.prior.unstandardise(x0)
-    z = z.reshape(batch, candidates, -1)  # (B, k, D)
-    score = (z * text.emb[:, None]).sum(-1)  # (B, k)
-    return z[torch.arange(batch, device=z.device), score.argmax(dim=1)]
+    return keep_best(z, (z * text.emb[rows]).sum(-1), candidates)
 
 
 def decoder_fn(pipe, image_emb: torch.Tensor, text: TextEncoding, guidance: float):
@@ -89,14 +104,11 @@ def decode_best_of(pipe, image_emb: torch.Tensor, text: TextEncoding, run: Stage
     highest cosine to the row's text embedding kept; (B, 3, S, S). One candidate is plain ``decode``."""
     if candidates == 1:
         return decode(pipe, image_emb, text, run, generator, progress=progress)
-    batch = len(image_emb)
-    rows = torch.arange(batch, device=image_emb.device).repeat_interleave(candidates)  # (B·k,)
-    if isinstance(generator, (list, tuple)):  # one generator per row: each draws its row's k candidates
-        generator = [g for g in generator for _ in range(candidates)]
-    pixels = decode(pipe, image_emb[rows], text[rows], run, generator, progress=progress)  # (B·k, 3, S, S)
+    rows = torch.arange(len(image_emb), device=image_emb.device).repeat_interleave(candidates)  # (B·k,)
+    pixels = decode(pipe, image_emb[rows], text[rows], run, per_candidate(generator, candidates),
+                    progress=progress)  # (B·k, 3, S, S)
     score = torch.nn.functional.cosine_similarity(pipe.clip.encode_image(pixels), text.emb[rows].float(), dim=-1)
-    best = score.reshape(batch, candidates).argmax(dim=1)  # (B,)
-    return pixels.reshape(batch, candidates, *pixels.shape[1:])[torch.arange(batch, device=pixels.device), best]
+    return keep_best(pixels, score, candidates)
 
 
 def upsampler_fn(pipe, slot: Stage, low_res: torch.Tensor, scheduler, run: StageRun):
