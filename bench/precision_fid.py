@@ -4,7 +4,8 @@
 
 Takes the scenes, captions and seeds of ``unclip eval``'s FID 64 (``--seed``, batches of
 ``--batch``), and for every batch samples prior → decoder twice from the same random draws, in
-float32 and under bf16 autocast (the Inception network always in float32). It reports FID 64 of
+float32 and under bf16 autocast as the pipeline runs it (the decoder's low-noise steps in float32,
+``plan.DECODER_FP32_BELOW``; the Inception network always in float32). It reports FID 64 of
 both against the real renders, how far the bf16 images are from the fp32 ones (mean absolute
 difference in grey levels of 255, per image), and, as a control, FID of the fp32 images with
 Gaussian grain of ``--grain`` levels added before rounding: if a perturbation that small moves FID

@@ -175,3 +175,27 @@ def test_the_training_throughput_bench_times_a_config_file_in_both_layouts():
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("configs/tiny/decoder.yaml")]
     assert [(r[1], r[2], r[3]) for r in rows] == [("decoder", "fp32", "nchw"), ("decoder", "fp32", "channels_last")]
     assert all(float(r[-1]) > 0 for r in rows)  # samples/s
+
+
+def test_the_precision_time_bench_times_three_precisions_and_restores_the_tail(tiny_pipeline_dir, capsys):
+    import importlib.util
+
+    import unclip.pipeline.sampling as sampling
+
+    spec = importlib.util.spec_from_file_location("precision_time", ROOT / "bench" / "precision_time.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    kept = sampling.DECODER_FP32_BELOW
+    seen = []
+    original = sampling.fp32_below
+    sampling.fp32_below = lambda fn, t_max: seen.append(t_max) or original(fn, t_max)
+    try:
+        assert bench.main(["--checkpoint", str(tiny_pipeline_dir), "--batches", "1", "--size", "64",
+                           "--repeats", "1"]) == 0
+    finally:
+        sampling.fp32_below = original
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [r["label"] for r in rows] == [label for label, _, _ in bench.MODES]
+    assert all(r["batch"] == 1 and r["seconds"] > 0 for r in rows)
+    assert sampling.DECODER_FP32_BELOW == kept
+    assert min(seen) < 0 < max(seen)  # "bf16 throughout" really switched the tail off, the others not

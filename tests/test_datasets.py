@@ -262,3 +262,19 @@ def test_build_dataset_passes_the_shapes_options():
     assert not any(build_dataset(DataConfig(resolution=8, two_object_prob=0.0)).scene_at(i).relation for i in range(20))
     with pytest.raises(ValueError, match="data.swapped_pairs applies to data.kind=shapes only"):
         build_dataset(DataConfig(kind=DatasetKind.folder, path="x", swapped_pairs=True))
+
+
+def test_shapes_low_res_is_the_scene_rendered_at_that_side():
+    """``data.low_res``: each sample also carries its scene's own render at that side (the
+    decoder's kind of image), which differs from the area-downsampled high-res image at the edges."""
+    dataset = build_dataset(DataConfig(kind=DatasetKind.shapes, resolution=64, seed=1, low_res=16))
+    item = dataset.item(0)
+    assert item["low_res"].shape == (3, 16, 16)
+    assert torch.equal(item["low_res"], image_to_tensor(dataset.scene_at(0).render(16)))
+    area = torch.nn.functional.interpolate(item["image"][None], size=16, mode="area")[0]
+    assert (area - item["low_res"]).abs().max() > 1 / 127.5
+    assert "low_res" not in build_dataset(DataConfig(kind=DatasetKind.shapes, resolution=64)).item(0)
+    with pytest.raises(ValueError, match="low_res must be between 0 and the resolution 64"):
+        build_dataset(DataConfig(kind=DatasetKind.shapes, resolution=64, low_res=64))
+    with pytest.raises(ValueError, match="data.low_res applies to data.kind=shapes only"):
+        build_dataset(DataConfig(kind=DatasetKind.folder, path="x", low_res=16))

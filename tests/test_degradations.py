@@ -105,6 +105,19 @@ def test_upsampler_pair_crop_is_a_window_of_the_image():
 
 
 
+def test_a_given_low_res_image_is_the_conditioning_instead_of_the_area_downsampled_one():
+    hr = textured_image(32, batch=2)
+    low = torch.rand(2, 3, 8, 8) * 2 - 1
+    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    target, cond = upsampler_pair(hr, 8, None, 32, generator=g(), low_res=low)
+    assert torch.equal(target, hr)
+    assert torch.allclose(cond, upsample_condition(low, 32), atol=1e-5)
+    _, area = upsampler_pair(hr, 8, None, 32, generator=g())
+    assert not torch.allclose(cond, area, atol=0.1)
+    with pytest.raises(ValueError, match="low_res: expected 8×8 images"):
+        upsampler_pair(hr, 8, None, 16, low_res=torch.zeros(2, 3, 16, 16))
+
+
 def test_crop_candidates_train_on_the_edges_of_a_mostly_flat_image():
     """One small white square on a flat grey 64×64: of 16×16 crops drawn at random most are flat
     (nothing for the upsampler to add); with 8 candidates per image the kept crop is the one with

@@ -13,6 +13,7 @@ from conftest import TINY_CONFIGS, give_zero_inits_values
 from PIL import Image
 from torch import nn
 
+from unclip.config import Stage
 from unclip.data.images import tensor_to_pil
 from unclip.diffusion.schedule import make_scheduler
 from unclip.networks.decoder import TextProj
@@ -25,6 +26,7 @@ from unclip.pipeline.denoisers import (
 )
 from unclip.pipeline.inputs import check_prompts
 from unclip.pipeline.latents import slerp, text_diff_embeddings
+from unclip.pipeline.plan import DECODER_FP32_BELOW
 from unclip.pipeline.manipulate import invert_pixels, manipulation_plan
 from unclip.pipeline.sampling import decode, decode_best_of, sample_prior, upsample
 
@@ -495,16 +497,46 @@ def test_every_denoiser_returns_float32_under_bf16_autocast(tiny_pipeline):
             side = high
 
 
-def test_bf16_precision_autocasts_every_stage(tiny_pipeline):
+def test_bf16_precision_autocasts_the_prior_and_the_upsamplers(tiny_pipeline):
+    """(The decoder: bf16 but for its last steps, the next test.)"""
     seen = []
     hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(torch.is_autocast_enabled("cpu")))
-             for m in (tiny_pipeline.prior, tiny_pipeline.decoder, *tiny_pipeline.upsamplers.values())]
+             for m in (tiny_pipeline.prior, *tiny_pipeline.upsamplers.values())]
     try:
-        tiny_pipeline.generate("a red circle", size=64, steps=1, seed=0, progress=False, precision="bf16")
-        assert seen and all(seen)
+        top = tiny_pipeline.sizes[-1]
+        tiny_pipeline.generate("a red circle", size=top, steps=1, seed=0, progress=False, precision="bf16")
+        assert len(seen) == 1 + len(tiny_pipeline.upsamplers) and all(seen)
         seen.clear()
-        tiny_pipeline.generate("a red circle", size=64, steps=1, seed=0, progress=False)
+        tiny_pipeline.generate("a red circle", size=top, steps=1, seed=0, progress=False)
         assert seen and not any(seen)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_under_bf16_the_decoders_low_noise_steps_run_in_float32(tiny_pipeline):
+    """The decoder's steps at t ≤ DECODER_FP32_BELOW·T run with autocast off and float32 input
+    (bf16 there costs FID; README, Performance), its other steps and the prior under bf16; fp32
+    sampling is not touched."""
+    calls = []
+
+    def record(module, args, kwargs):
+        calls.append((module, int(args[1].max()), torch.is_autocast_enabled("cpu"), args[0].dtype))
+
+    pipe = tiny_pipeline
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in (pipe.prior, pipe.decoder)]
+    cut = int(DECODER_FP32_BELOW * pipe.sampling[Stage.decoder].diffusion.num_train_timesteps)
+    try:
+        pipe.generate("a red circle", size=64, steps={"prior": 2, "decoder": 10}, seed=0, progress=False,
+                      precision="bf16")
+        decoder = [(t, on, dtype) for m, t, on, dtype in calls if m is pipe.decoder]
+        assert [t for t, _, _ in decoder if t <= cut] == [111, 0]  # the last 2 of 10 DDPM steps
+        assert all(not on and dtype == torch.float32 for t, on, dtype in decoder if t <= cut)
+        assert all(on for t, on, _ in decoder if t > cut) and len(decoder) == 10
+        assert all(on for m, _, on, _ in calls if m is pipe.prior)
+        calls.clear()
+        pipe.generate("a red circle", size=64, steps={"prior": 2, "decoder": 10}, seed=0, progress=False)
+        assert calls and not any(on for _, _, on, _ in calls)
     finally:
         for hook in hooks:
             hook.remove()

@@ -349,6 +349,16 @@ def test_train_refuses_a_config_of_another_stage(tmp_path, capsys):
     assert "configures the decoder stage, not prior" in capsys.readouterr().err
 
 
+def test_an_upsampler_trains_on_native_low_res_renders_of_its_own_side_only(tmp_path, capsys):
+    config = str(ROOT / "configs/tiny/upsampler_256.yaml")
+    assert cli("train", "upsampler", "--config", config, "--output", str(tmp_path / "bad"), "--no-progress",
+               "data.low_res=16", "training.steps=1") == 2
+    assert "data.low_res=16 but this upsampler takes 32×32 images" in capsys.readouterr().err
+    assert cli("train", "upsampler", "--config", config, "--output", str(tmp_path / "ok"), "--no-progress",
+               "data.low_res=32", "training.steps=1", "training.sample_every=100") == 0
+    assert [r["step"] for r in logs(tmp_path / "ok") if "loss" in r] == [1]
+
+
 def _wrong_config(stage: str) -> str:
     return "prior" if stage == "decoder" else "decoder"
 

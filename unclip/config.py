@@ -265,6 +265,10 @@ class DataConfig:
     paraphrase: bool = False  # shapes: add caption paraphrases in training
     two_object_prob: float = 0.3  # shapes: share of two-object scenes
     swapped_pairs: bool = False  # shapes: follow each two-object scene by its objects' places swapped
+    # shapes: also yield each scene rendered at this side ("low_res"), which an upsampler then takes
+    # as its conditioning instead of the area-downsampled image: the low-res image as the decoder
+    # learns to draw it (a native render), not as a box filter of the high-res one; None: area filter
+    low_res: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def _require_path(cfg: DataConfig, what: str) -> str:
 def _shapes(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
     return ShapesDataset(
         resolution=cfg.resolution, seed=cfg.seed, paraphrase=cfg.paraphrase, two_object_prob=cfg.two_object_prob,
-        swapped_pairs=cfg.swapped_pairs, rank=rank, world_size=world_size,
+        swapped_pairs=cfg.swapped_pairs, low_res=cfg.low_res, rank=rank, world_size=world_size,
     )
 
 
@@ -78,7 +78,7 @@ def build_dataset(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> Any
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} out of range for world_size {world_size}")
     kind = DatasetKind(cfg.kind)
-    shapes_only = [name for name in ("paraphrase", "swapped_pairs") if getattr(cfg, name)]
+    shapes_only = [name for name in ("paraphrase", "swapped_pairs", "low_res") if getattr(cfg, name)]
     if kind != DatasetKind.shapes and shapes_only:
         raise ValueError(f"data.{shapes_only[0]} applies to data.kind=shapes only, not {kind.value}")
     return BUILDERS[kind](cfg, rank, world_size)

@@ -210,6 +210,7 @@ def upsampler_pair(
     crop_size: int,
     generator: torch.Generator | None = None,
     candidates: int = 1,
+    low_res: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One upsampler training pair: (target crop, conditioning crop), both ``crop_size`` square.
 
@@ -222,15 +223,24 @@ def upsampler_pair(
     With ``candidates`` k > 1, k crops are drawn per sample and the one where the target differs
     most from its conditioning (the detail the upsampler has to add) is kept, so that images that
     are mostly flat background still train on their edges (``UpsamplerConfig.crop_candidates``).
+    ``low_res`` (shaped like ``high_res``, side ``low_res_size``) is the low-res image itself, used
+    instead of the area-downsampled one (``DataConfig.low_res``: a native render of the scene).
     """
     if candidates < 1:
         raise ValueError(f"candidates must be at least 1, got {candidates}")
+    if low_res is not None and (low_res.dim() != high_res.dim() or low_res.shape[-1] != low_res_size
+                                or low_res.shape[-2] != low_res_size or len(low_res) != len(high_res)):
+        raise ValueError(f"low_res: expected {low_res_size}×{low_res_size} images, one per high-res image, "
+                         f"got shape {tuple(low_res.shape)} beside {tuple(high_res.shape)}")
 
-    def pair(hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(hr: torch.Tensor, given: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = hr.shape[-2:]
         if crop_size > min(h, w):
             raise ValueError(f"crop_size {crop_size} exceeds the image ({h}×{w})")
-        low = F.interpolate(hr.float(), size=(low_res_size, low_res_size), mode="area")
+        if given is not None:
+            low = given.float()
+        else:
+            low = F.interpolate(hr.float(), size=(low_res_size, low_res_size), mode="area")
         if degradation is not None:
             low = _DEGRADE[Degradation(degradation)](low, generator)
         shape = (hr.shape[0], candidates)
@@ -250,8 +260,8 @@ def upsampler_pair(
         return torch.stack(hr_crops), torch.stack(cond_crops)
 
     if high_res.dim() == 3:
-        hr_crop, cond_crop = pair(high_res.unsqueeze(0))
+        hr_crop, cond_crop = pair(high_res.unsqueeze(0), None if low_res is None else low_res.unsqueeze(0))
         return hr_crop.squeeze(0), cond_crop.squeeze(0)
     if high_res.dim() != 4:
         raise ValueError(f"expected [3,H,W] or [B,3,H,W], got shape {tuple(high_res.shape)}")
-    return pair(high_res)
+    return pair(high_res, low_res)

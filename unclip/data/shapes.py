@@ -364,7 +364,8 @@ def parse_caption(text: str) -> SceneSpec:
 
 
 class ShapesDataset(torch.utils.data.IterableDataset):
-    """An infinite, seeded stream of ``{"image": FloatTensor[3, R, R] in [-1, 1], "caption": str}``.
+    """An infinite, seeded stream of ``{"image": FloatTensor[3, R, R] in [-1, 1], "caption": str}``
+(with ``low_res``: also ``"low_res"``, the same scene rendered at that side, an upsampler's input).
 
     Sample i depends only on (seed, i): each has its own `random.Random`. DataLoader workers and
     processes (`rank` of `world_size`) take interleaved indices start + k·stride, so every sample
@@ -387,6 +388,7 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         *,
         two_object_prob: float = 0.3,
         swapped_pairs: bool = False,
+        low_res: int | None = None,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -401,6 +403,9 @@ class ShapesDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"two_object_prob must be in [0, 1], got {two_object_prob}")
         self.two_object_prob = two_object_prob
         self.swapped_pairs = swapped_pairs
+        if low_res is not None and not 0 < low_res < resolution:
+            raise ValueError(f"low_res must be between 0 and the resolution {resolution}, got {low_res}")
+        self.low_res = low_res
         self.rank, self.world_size = rank, world_size
 
     def _rng(self, i: int) -> random.Random:
@@ -415,7 +420,10 @@ class ShapesDataset(torch.utils.data.IterableDataset):
         """Sample i as the iterator yields it."""
         scene, rng = self._draw(i)
         text = paraphrase(scene.spec, rng) if self.paraphrase else scene.caption
-        return {"image": image_to_tensor(scene.render(self.resolution)), "caption": text}
+        item = {"image": image_to_tensor(scene.render(self.resolution)), "caption": text}
+        if self.low_res is not None:
+            item["low_res"] = image_to_tensor(scene.render(self.low_res))
+        return item
 
     def _draw(self, i: int) -> tuple[Scene, random.Random]:
         """Scene i and the generator its caption paraphrase draws from."""

@@ -28,11 +28,12 @@ from unclip.networks.clip import TextEncoding
 from unclip.networks.prior_ar import ARPrior
 from unclip.pipeline.denoisers import (
     decoder_denoiser,
+    fp32_below,
     prior_denoiser,
     upsampler_denoiser,
 )
 from unclip.pipeline.inputs import ImageInput, check_count, check_prompts, load_image
-from unclip.pipeline.plan import Generation, SamplingOptions, StageRun, make_plan
+from unclip.pipeline.plan import DECODER_FP32_BELOW, Generation, SamplingOptions, StageRun, make_plan
 from unclip.pipeline.prior_ar import sample_ar_prior
 
 
@@ -80,8 +81,10 @@ def sample_prior(pipe, text: TextEncoding, run: StageRun, generator, *, candidat
 
 
 def decoder_fn(pipe, image_emb: torch.Tensor, text: TextEncoding, guidance: float):
-    """The pipeline's decoder as a guided ``model_fn(x_t, t)`` (see ``denoisers.decoder_denoiser``)."""
-    return decoder_denoiser(pipe.decoder, image_emb, text, pipe.empty_caption(), guidance)
+    """The pipeline's decoder as a guided ``model_fn(x_t, t)`` (see ``denoisers.decoder_denoiser``);
+    under autocast its low-noise steps run in float32 (``plan.DECODER_FP32_BELOW``)."""
+    fn = decoder_denoiser(pipe.decoder, image_emb, text, pipe.empty_caption(), guidance)
+    return fp32_below(fn, int(DECODER_FP32_BELOW * pipe.sampling[Stage.decoder].diffusion.num_train_timesteps))
 
 
 @torch.no_grad()

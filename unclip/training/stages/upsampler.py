@@ -36,6 +36,9 @@ SAMPLE_COUNT = 2  # fixed held-out images in each sample grid
 def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
     up = cfg.upsampler
     crop = up.crop_side
+    if cfg.data.low_res not in (None, up.low_res_size):
+        raise ValueError(f"data.low_res={cfg.data.low_res} but this upsampler takes {up.low_res_size}×"
+                         f"{up.low_res_size} images; set data.low_res={up.low_res_size} or leave it out")
     model = build_network(cfg)
     diffusion = GaussianDiffusion(cfg.diffusion)
     # sampled on tiles of the crop side, which its GroupNorm layers trained on (unclip.networks.tiling)
@@ -43,7 +46,7 @@ def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
 
     def loss(upsampler, batch):
         high_res, low_res = upsampler_pair(batch["image"], up.low_res_size, up.degradation, crop,
-                                            candidates=up.crop_candidates)
+                                            candidates=up.crop_candidates, low_res=batch.get("low_res"))
         return upsampler_loss(upsampler, diffusion, high_res=high_res, low_res=low_res)
 
     images, _ = held_out_samples(cfg.data, up.sample_size, SAMPLE_COUNT)
