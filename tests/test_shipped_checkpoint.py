@@ -65,8 +65,10 @@ def test_the_shipped_cascade_draws_the_stored_pixels_for_a_fixed_seed(shipped):
     must match those stored in tests/data (made again when the residual 64→256 upsampler shipped,
     issue 18, when it began sampling on 64×64 tiles, and when part 4, trained on edge crops,
     replaced it: max 99 levels on a few edge pixels, mean 0.4; and when decoder part 6 shipped, which
-    draws the second prompt's red square and blue circle right). Thread counts move a few pixels by
-    one level, so the tolerance allows that."""
+    draws the second prompt's red square and blue circle right; and when 64→256 part 5, trained on
+    native 64×64 renders and sampled with one step at t = 999, replaced part 4: max 196 levels on
+    edge pixels, mean 0.7 and 1.3). Thread counts move a few pixels by one level, so the tolerance
+    allows that."""
     import numpy as np
     from PIL import Image
 

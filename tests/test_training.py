@@ -355,8 +355,10 @@ def test_an_upsampler_trains_on_native_low_res_renders_of_its_own_side_only(tmp_
                "data.low_res=16", "training.steps=1") == 2
     assert "data.low_res=16 but this upsampler takes 32×32 images" in capsys.readouterr().err
     assert cli("train", "upsampler", "--config", config, "--output", str(tmp_path / "ok"), "--no-progress",
-               "data.low_res=32", "training.steps=1", "training.sample_every=100") == 0
+               "data.low_res=32", "training.steps=1", "training.sample_every=1") == 0
     assert [r["step"] for r in logs(tmp_path / "ok") if "loss" in r] == [1]
+    (monitor,) = [r for r in logs(tmp_path / "ok") if "upsampler/sample_mse" in r]  # on native renders too
+    assert math.isfinite(monitor["upsampler/sample_mse"])
 
 
 def _wrong_config(stage: str) -> str:

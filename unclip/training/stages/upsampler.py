@@ -50,13 +50,17 @@ def build(cfg: UpsamplerStageConfig, ctx: StageContext) -> StageTask:
         return upsampler_loss(upsampler, diffusion, high_res=high_res, low_res=low_res)
 
     images, _ = held_out_samples(cfg.data, up.sample_size, SAMPLE_COUNT)
+    # with data.low_res the same scenes rendered at the low side, as training conditions on them
+    native = held_out_samples(cfg.data, up.low_res_size, SAMPLE_COUNT)[0] if cfg.data.low_res else None
 
     @torch.no_grad()
     def sample(upsampler, step: int, output: Path) -> dict[str, float]:
-        """Rows: bicubic-upsampled clean low-res input, the upsampler's output (ancestral sampling on
-        tiles, as the pipeline does it), the target; logs the output's MSE to the target."""
+        """Rows: bicubic-upsampled clean low-res input (box-filtered, or ``data.low_res``'s render),
+        the upsampler's output (ancestral sampling on tiles, as the pipeline does it), the target;
+        logs the output's MSE to the target."""
         target = images.to(ctx.device)
-        low = F.interpolate(target, size=(up.low_res_size, up.low_res_size), mode="area")
+        low = (native.to(ctx.device) if native is not None
+               else F.interpolate(target, size=(up.low_res_size, up.low_res_size), mode="area"))
         g = torch.Generator(ctx.device).manual_seed(0)
         cond = upsample_condition(low, up.sample_size)
         offset = upsampler.offset(low, up.sample_size)
