@@ -364,8 +364,8 @@ def parse_caption(text: str) -> SceneSpec:
 
 
 class ShapesDataset(torch.utils.data.IterableDataset):
-    """An infinite, seeded stream of ``{"image": FloatTensor[3, R, R] in [-1, 1], "caption": str}``
-(with ``low_res``: also ``"low_res"``, the same scene rendered at that side, an upsampler's input).
+    """An infinite, seeded stream of ``{"image": FloatTensor[3, R, R] in [-1, 1], "caption": str}``;
+    with ``low_res`` also ``"low_res"``, the same scene rendered at that side (an upsampler's input).
 
     Sample i depends only on (seed, i): each has its own `random.Random`. DataLoader workers and
     processes (`rank` of `world_size`) take interleaved indices start + k·stride, so every sample
