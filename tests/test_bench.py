@@ -199,3 +199,29 @@ def test_the_precision_time_bench_times_three_precisions_and_restores_the_tail(t
     assert all(r["batch"] == 1 and r["seconds"] > 0 for r in rows)
     assert sampling.DECODER_FP32_BELOW == kept
     assert min(seen) < 0 < max(seen)  # "bf16 throughout" really switched the tail off, the others not
+
+
+def test_the_prior_cache_bench_times_both_ways_and_they_agree(tiny_pipeline_dir, capsys, monkeypatch):
+    import importlib.util
+
+    from unclip.networks.prior import Prior
+    from unclip.networks.prior_cache import PrefixCache
+
+    spec = importlib.util.spec_from_file_location("prior_cache", ROOT / "bench" / "prior_cache.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    counts = {"full": 0, "cached": 0}
+    full, cached = Prior.forward, PrefixCache.step
+    monkeypatch.setattr(Prior, "forward", lambda *a, **k: counts.__setitem__("full", counts["full"] + 1) or full(*a, **k))
+    monkeypatch.setattr(PrefixCache, "step",
+                        lambda *a, **k: counts.__setitem__("cached", counts["cached"] + 1) or cached(*a, **k))
+    assert bench.main(["--checkpoint", str(tiny_pipeline_dir), "--batches", "1", "--size", "64", "--repeats", "1",
+                       "--precision", "fp32", "--karlo-layers", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rows = json.loads(out[-1])["rows"]
+    assert [r["label"] for r in rows] == ["prior stage (sample_prior)", "text → 64 (generate)",
+                                          "one step, Karlo-wide prior, 1 layers"]
+    assert all(r["cache_on"] > 0 and r["cache_off"] > 0 for r in rows)
+    assert counts["full"] > 0 and counts["cached"] > 0  # "off" ran the full forward, "on" the cached steps
+    difference = float(next(line for line in out if "largest difference" in line).split()[-1])
+    assert difference < 1e-4  # fp32: the two ways sample the same embeddings

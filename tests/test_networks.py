@@ -63,6 +63,70 @@ def test_prior_ignores_padded_tokens():
     assert not torch.allclose(prior(x_t, t, **real), ref, atol=1e-4)
 
 
+def prior_with_values(**changes) -> Prior:
+    """A tiny prior whose zero-initialised pieces (positions, query token) have values."""
+    torch.manual_seed(0)
+    prior = Prior(PriorConfig(num_layers=2, **changes)).eval()
+    with torch.no_grad():
+        for p in prior.parameters():
+            if p.requires_grad and p.dim() > 0 and p.abs().sum() == 0:
+                p.normal_(0, 0.5)
+    return prior
+
+
+@torch.no_grad()
+def test_prior_stepper_with_the_cached_caption_prefix_equals_the_full_forward():
+    prior, inputs = prior_with_values(), text_inputs()
+    step = prior.stepper(**inputs)
+    for x_t, t in ((torch.randn(B, D), torch.tensor([3, 900])), (torch.randn(B, D), torch.tensor(500))):
+        ref = prior(x_t, t, **inputs)
+        assert torch.allclose(step(x_t, t), ref, atol=1e-5), t
+    other = dict(inputs, text_tokens=inputs["text_tokens"] + 1.0)  # the prefix belongs to its captions
+    assert not torch.allclose(prior.stepper(**other)(x_t, t), ref, atol=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16, ref16 = prior.stepper(**inputs)(x_t, t), prior(x_t, t, **inputs)
+    assert bf16.dtype == torch.bfloat16 and torch.allclose(bf16.float(), ref16.float(), atol=1e-2)
+
+
+@torch.no_grad()
+def test_prior_stepper_runs_the_caption_once_and_three_tokens_a_step():
+    prior, inputs = prior_with_values(), text_inputs()
+    lengths = []
+    prior.transformer.transformer_blocks[0].norm1.register_forward_hook(lambda m, i, o: lengths.append(o.shape[1]))
+    step = prior.stepper(**inputs)
+    for t in (999, 500, 1):
+        step(torch.randn(B, D), torch.tensor(t))
+    assert lengths == [L + 1, 3, 3, 3]
+
+
+def test_prior_stepper_is_the_full_forward_where_it_cannot_cache():
+    prior, inputs = prior_with_values(), text_inputs()
+    x0 = prior.stepper(**inputs)(torch.randn(B, D), torch.tensor([3, 900]))
+    assert x0.requires_grad  # gradients on: the plain forward, which training differentiates
+    lengths = []
+    prior.transformer.transformer_blocks[0].norm1.register_forward_hook(lambda m, i, o: lengths.append(o.shape[1]))
+    prior.prefix_cache = False
+    with torch.no_grad():
+        prior.stepper(**inputs)(torch.randn(B, D), torch.tensor(5))
+    assert lengths == [L + 4]
+    from diffusers import PriorTransformer
+
+    from unclip.networks.prior_cache import PrefixCache, supports_prefix_cache
+    assert not supports_prefix_cache(PriorTransformer(num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                                                      embedding_dim=D, num_embeddings=L, added_emb_type=None))
+    normed = PriorTransformer(num_attention_heads=2, attention_head_dim=8, num_layers=2, embedding_dim=D,
+                              num_embeddings=L, norm_in_type="layer", embedding_proj_norm_type="layer").eval()
+    assert supports_prefix_cache(normed)
+    with torch.no_grad():
+        normed.prd_embedding.normal_()
+        normed.positional_embedding.normal_()
+        x_t, t = torch.randn(B, D), torch.tensor([7, 300])
+        ref = normed(x_t, t, proj_embedding=inputs["text_emb"], encoder_hidden_states=inputs["text_tokens"],
+                     attention_mask=inputs["text_mask"]).predicted_image_embedding
+        cache = PrefixCache.build(normed, inputs["text_emb"], inputs["text_tokens"], inputs["text_mask"])
+        assert torch.allclose(cache.step(normed, x_t, t), ref, atol=1e-5)
+
+
 def test_decoder_forward_backward_shapes(decoder):
     x = torch.randn(B, 3, 32, 32)
     out = decoder(x, torch.tensor([1, 999]), image_emb=torch.randn(B, D), **text_inputs())

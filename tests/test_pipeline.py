@@ -498,10 +498,11 @@ def test_every_denoiser_returns_float32_under_bf16_autocast(tiny_pipeline):
 
 
 def test_bf16_precision_autocasts_the_prior_and_the_upsamplers(tiny_pipeline):
-    """(The decoder: bf16 but for its last steps, the next test.)"""
+    """(The decoder: bf16 but for its last steps, the next test.) The prior is watched at its input
+    projection, which every step runs (its sampling skips the full forward: ``Prior.stepper``)."""
     seen = []
     hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(torch.is_autocast_enabled("cpu")))
-             for m in (tiny_pipeline.prior, *tiny_pipeline.upsamplers.values())]
+             for m in (tiny_pipeline.prior.transformer.proj_in, *tiny_pipeline.upsamplers.values())]
     try:
         top = tiny_pipeline.sizes[-1]
         tiny_pipeline.generate("a red circle", size=top, steps=1, seed=0, progress=False, precision="bf16")
@@ -524,7 +525,10 @@ def test_under_bf16_the_decoders_low_noise_steps_run_in_float32(tiny_pipeline):
         calls.append((module, int(args[1].max()), torch.is_autocast_enabled("cpu"), args[0].dtype))
 
     pipe = tiny_pipeline
-    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in (pipe.prior, pipe.decoder)]
+    prior = []  # autocast at each prior step (its input projection, which every step runs)
+    hooks = [pipe.decoder.register_forward_pre_hook(record, with_kwargs=True),
+             pipe.prior.transformer.proj_in.register_forward_pre_hook(
+                 lambda m, a: prior.append(torch.is_autocast_enabled("cpu")))]
     cut = int(DECODER_FP32_BELOW * pipe.sampling[Stage.decoder].diffusion.num_train_timesteps)
     try:
         pipe.generate("a red circle", size=64, steps={"prior": 2, "decoder": 10}, seed=0, progress=False,
@@ -533,10 +537,10 @@ def test_under_bf16_the_decoders_low_noise_steps_run_in_float32(tiny_pipeline):
         assert [t for t, _, _ in decoder if t <= cut] == [111, 0]  # the last 2 of 10 DDPM steps
         assert all(not on and dtype == torch.float32 for t, on, dtype in decoder if t <= cut)
         assert all(on for t, on, _ in decoder if t > cut) and len(decoder) == 10
-        assert all(on for m, _, on, _ in calls if m is pipe.prior)
-        calls.clear()
+        assert len(prior) == 2 and all(prior)
+        calls.clear(), prior.clear()
         pipe.generate("a red circle", size=64, steps={"prior": 2, "decoder": 10}, seed=0, progress=False)
-        assert calls and not any(on for _, _, on, _ in calls)
+        assert calls and not any(on for _, _, on, _ in calls) and len(prior) == 2 and not any(prior)
     finally:
         for hook in hooks:
             hook.remove()

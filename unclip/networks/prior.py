@@ -4,16 +4,20 @@ A decoder-only causal transformer (diffusers' ``PriorTransformer``, whose defaul
 1B prior) over [text tokens, text embedding, timestep, noised z_i, learned query]; the query's
 output predicts x0 = the *standardised* image embedding. Standardisation uses per-dimension
 statistics of the training set (Karlo's ``ViT-L-14_stats.th``), stored in the transformer's
-``clip_mean`` / ``clip_std`` and frozen.
+``clip_mean`` / ``clip_std`` and frozen. Sampling calls ``stepper``, which computes the caption's
+tokens once per run (``prior_cache``) instead of at every step.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from diffusers import PriorTransformer
 from torch import nn
 
 from unclip.config import PriorConfig
+from unclip.networks.prior_cache import PrefixCache, supports_prefix_cache
 
 
 class Prior(nn.Module):
@@ -37,6 +41,7 @@ class Prior(nn.Module):
             self.transformer.clip_std.fill_(1.0)
         self.transformer.clip_mean.requires_grad_(False)
         self.transformer.clip_std.requires_grad_(False)
+        self.prefix_cache = True  # sampling reuses the caption's tokens across steps (``stepper``)
 
     @torch.no_grad()
     def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -61,3 +66,23 @@ class Prior(nn.Module):
             x_t, timestep=t, proj_embedding=text_emb, encoder_hidden_states=text_tokens,
             attention_mask=text_mask,
         ).predicted_image_embedding
+
+    def stepper(self, *, text_emb: torch.Tensor, text_tokens: torch.Tensor,
+                text_mask: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``forward`` for a fixed caption batch as ``fn(x_t, t)``: the caption prefix runs once, at
+        the first call (under that call's autocast), and each step only the step tokens
+        (``prior_cache``). The full forward where gradients are on, for a compiled forward
+        (``pipeline.compiled``), for a transformer of another structure and with ``prefix_cache``
+        off (the cache adds in another order: equal to float rounding, not bit for bit)."""
+        text = dict(text_emb=text_emb, text_tokens=text_tokens, text_mask=text_mask)
+        cache: list[PrefixCache] = []
+
+        def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if (not self.prefix_cache or torch.is_grad_enabled() or getattr(self, "_unclip_compiled", False)
+                    or not supports_prefix_cache(self.transformer)):
+                return self(x_t, t, **text)
+            if not cache:
+                cache.append(PrefixCache.build(self.transformer, **text))
+            return cache[0].step(self.transformer, x_t, torch.as_tensor(t, device=x_t.device))
+
+        return fn

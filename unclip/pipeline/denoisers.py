@@ -31,8 +31,10 @@ def prior_denoiser(prior: Prior, text: TextEncoding, empty: TextEncoding, guidan
     """The prior on captions ``text`` (B rows): x_t (B, D) → standardised x0 (B, D)."""
     cond = with_uncond(text, empty) if guidance != 1 else text
 
+    step = prior.stepper(text_emb=cond.emb, text_tokens=cond.tokens, text_mask=cond.mask)
+
     def model_fn(x_t, t):
-        return prior(x_t, t, text_emb=cond.emb, text_tokens=cond.tokens, text_mask=cond.mask).float()
+        return step(x_t, t).float()
 
     return guided(model_fn, guidance) if guidance != 1 else model_fn
 
