@@ -402,10 +402,10 @@ def test_upscale_from_the_cli(tmp_path, capsys):
 
 
 def test_upscale_of_a_shapes_render_with_the_shipped_cascade():
-    """A 64 render to 256 by the shipped (residual, one DDIM step) 64→256 upsampler alone reads
-    right and is closer to the real 256 render than bicubic resizing is (measured: PSNR 33.0 dB
-    against bicubic's 32.3, MSE ratio 0.85; the part-3 stage 33.4 dB on this render, though 0.33 dB
-    behind part 4 on 200)."""
+    """A 64 render to 256 by the shipped (residual, one DDPM step at t = 999) 64→256 upsampler
+    alone reads right and is closer to the real 256 render than bicubic resizing is (measured with
+    part 5, trained on native 64 renders: PSNR 43.1 dB against bicubic's 32.3, MSE ratio 0.08;
+    part 4 gave 33.0 dB, ratio 0.85)."""
     from unclip.data.shapes import scene_from_attributes
     from unclip.evaluation.detector import detect, score
     from unclip.pipeline import UnCLIPPipeline
@@ -417,16 +417,17 @@ def test_upscale_of_a_shapes_render_with_the_shipped_cascade():
     bicubic = np.asarray(scene.render(64).resize((256, 256), Image.Resampling.BICUBIC), dtype=float)
     assert result.size == (256, 256) and score(detect(result), scene)["all"]
     mse = lambda x: float(np.mean((x - truth) ** 2))  # noqa: E731
-    assert mse(np.asarray(result, dtype=float)) < 0.9 * mse(bicubic)
+    assert mse(np.asarray(result, dtype=float)) < 0.3 * mse(bicubic)  # part 4: 0.85
 
 
 def test_the_shipped_1024_upsampler_sharpens_beyond_bicubic_and_keeps_flat_backgrounds_flat():
-    """A 256 render to 1024 by the shipped (residual, one DDIM step) 256→1024 stage alone, on its
-    default 256×256 tiles. Part 2 of these weights, trained on plain random crops, was level with
-    bicubic (39.64 dB against 39.88 here) and 3.3 dB worse on the whole image, whose statistics
-    GroupNorm had not seen; part 3, trained on crops chosen for their edges, measured at shipping
-    41.07 dB on tiles, 41.31 on the whole image and 39.88 for bicubic, with a background error of
-    0.15 grey levels on tiles (0.30 whole)."""
+    """A 256 render to 1024 by the shipped (residual, one DDPM step at t = 999) 256→1024 stage
+    alone, on its default 256×256 tiles. Part 2 of these weights, trained on plain random crops,
+    was level with bicubic (39.64 dB against 39.88 here) and 3.3 dB worse on the whole image, whose
+    statistics GroupNorm had not seen; part 3, trained on crops chosen for their edges, measured
+    41.07 dB on tiles and 41.31 on the whole image; part 4, trained on native 256 renders
+    (data.low_res), measured at shipping 43.27 dB on tiles, 43.13 on the whole image and 39.88 for
+    bicubic, with a background error of 0.14 grey levels on tiles (0.34 whole)."""
     from unclip.data.shapes import scene_from_attributes
     from unclip.pipeline import UnCLIPPipeline
 
@@ -438,5 +439,5 @@ def test_the_shipped_1024_upsampler_sharpens_beyond_bicubic_and_keeps_flat_backg
     tiles = pipe.upscale(scene.render(256), size=1024, seed=0, progress=False)
     whole = pipe.upscale(scene.render(256), size=1024, seed=0, progress=False, tile=0)
     bicubic = scene.render(256).resize((1024, 1024), Image.Resampling.BICUBIC)
-    assert psnr(tiles) > psnr(bicubic) + 0.8 and psnr(whole) > psnr(bicubic) + 0.8
+    assert psnr(tiles) > psnr(bicubic) + 2.5 and psnr(whole) > psnr(bicubic) + 2.5  # part 3: +1.2 / +1.4
     assert np.abs(np.asarray(tiles, dtype=float) - truth)[flat].mean() < 0.5
