@@ -76,10 +76,11 @@ class Prior(nn.Module):
         off (the cache adds in another order: equal to float rounding, not bit for bit)."""
         text = dict(text_emb=text_emb, text_tokens=text_tokens, text_mask=text_mask)
         cache: list[PrefixCache] = []
+        cacheable = supports_prefix_cache(self.transformer)  # the structure, checked once per run
 
         def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if (not self.prefix_cache or torch.is_grad_enabled() or getattr(self, "_unclip_compiled", False)
-                    or not supports_prefix_cache(self.transformer)):
+            if (not cacheable or not self.prefix_cache or torch.is_grad_enabled()
+                    or getattr(self, "_unclip_compiled", False)):
                 return self(x_t, t, **text)
             if not cache:
                 cache.append(PrefixCache.build(self.transformer, **text))
