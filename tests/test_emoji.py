@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -241,6 +242,41 @@ def test_recognisable_is_perfect_for_a_cascade_that_draws_the_real_renders(built
         assert (r["top1"], r["top5"], r["style"]) == (1.0, 1.0, 1.0), name
 
 
+class EmbeddingPipe:
+    """Stands in for a cascade whose CLIP image embedding is the image itself and whose decoder draws
+    the embedding back: read with true embeddings it must be perfect, and the prior never runs."""
+
+    def __init__(self, side: int):
+        self.sizes, self.device = [side], torch.device("cpu")
+        self.clip = SimpleNamespace(image_size=side, encode_image=lambda x: x.flatten(1),
+                                    encode_text=lambda prompts: torch.zeros(len(prompts), 1))
+
+    def plan(self, stages, **overrides):
+        return {stage: None for stage in stages}
+
+    def generate(self, *args, **kwargs):
+        raise AssertionError("the prior's path was taken")
+
+
+def test_recognisable_with_true_embeddings_decodes_each_pairs_own_render(built, monkeypatch):
+    from unclip.evaluation.emoji import EmojiEvalSettings, gallery, prompt_pairs, recognisable
+
+    side = 32
+    monkeypatch.setattr("unclip.evaluation.emoji.decode",
+                        lambda pipe, emb, text, run, g, progress: emb.reshape(len(emb), 3, side, side))
+    meta = json.loads((built / "metadata.json").read_text())
+    found = gallery(built, side, pixel_features, cache=False)
+    settings = EmojiEvalSettings(data=str(built), batch=3)
+    for name, chosen in prompt_pairs(meta, found, 300, 0).items():
+        r = recognisable(EmbeddingPipe(side), chosen, meta, found, pixel_features, settings, true_embeddings=True)
+        assert (r["top1"], r["top5"], r["style"], r["n"]) == (1.0, 1.0, 1.0, len(chosen)), name
+    # a decoder that draws each row from its neighbour's embedding is caught
+    monkeypatch.setattr("unclip.evaluation.emoji.decode",
+                        lambda pipe, emb, text, run, g, progress: emb.roll(1, 0).reshape(len(emb), 3, side, side))
+    seen = prompt_pairs(meta, found, 300, 0)["seen"]
+    assert recognisable(EmbeddingPipe(side), seen, meta, found, pixel_features, settings, true_embeddings=True)["top1"] < 0.5
+
+
 def test_the_emoji_suite_runs_on_a_tiny_cascade_and_caches_its_gallery(built, tiny_pipeline_dir, tmp_path,
                                                                        monkeypatch):
     out = tmp_path / "eval"
@@ -285,6 +321,12 @@ def test_the_clip_nearest_bench_reads_a_tiny_cascade_on_the_emoji_prompts(built,
     assert all(rows[k]["top1"] <= rows[k]["top5"] for k in rows)
     assert report["features"] == "cascade CLIP" and "| held_out |" in done.stdout
     assert Image.open(sheet).width == 4 * 32  # four prompts a row at --sheet-size
+    assert report["z_i"] == "prior"
+    done = run_clip_nearest_bench("--checkpoint", str(tiny_pipeline_dir), "--data", str(built), "--prompts", "2",
+                                  "--steps", "2", "--true-embeddings")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["z_i"] == "real render" and report["rows"]["seen"]["n"] == 2
 
 
 def test_the_clip_nearest_bench_names_a_folder_that_is_not_emoji_data(tiny_pipeline_dir, tmp_path):

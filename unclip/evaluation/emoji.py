@@ -134,12 +134,17 @@ def prompt_pairs(meta: dict, found: Gallery, n: int, seed: int) -> dict[str, lis
 
 
 def recognisable(pipe, pairs: list[tuple[str, str]], meta: dict, found: Gallery, features: Features,
-                 settings: EmojiEvalSettings) -> dict[str, float]:
-    """Top-1 / top-5 concept and style of the nearest real renders of generated images."""
+                 settings: EmojiEvalSettings, *, true_embeddings: bool = False) -> dict[str, float]:
+    """Top-1 / top-5 concept and style of the nearest real renders of generated images.
+    ``true_embeddings`` reads the decoder alone: it draws from the CLIP image embedding of each
+    pair's real render (under ``settings.data``) in place of the prior's sample."""
     side, top1, top5, style_hits = pipe.sizes[0], 0, 0, 0
     for i, chunk in in_batches(pairs, settings.batch, "recognisable"):
         prompts = [caption(meta["annotations"][c], s) for c, s in chunk]
-        images = pipe.generate(prompts, size=side, steps=settings.steps, seed=settings.seed + i, progress=False)
+        if true_embeddings:
+            images = decode_true_embeddings(pipe, chunk, prompts, settings, settings.seed + i)
+        else:
+            images = pipe.generate(prompts, size=side, steps=settings.steps, seed=settings.seed + i, progress=False)
         feats = features(pil_to_tensor(images))
         for (concept, style), row, (_, nearest_style) in zip(chunk, feats, nearest(feats, found, None, 1)):
             style_hits += nearest_style == style
@@ -159,6 +164,22 @@ def _renders(root: Path, side: int, pairs: list[tuple[str, str]]) -> dict[tuple[
         if key in wanted and key not in out:
             out[key] = data[i]["image"]
     return out
+
+
+@torch.no_grad()
+def decode_true_embeddings(pipe, pairs: list[tuple[str, str]], prompts: list[str], settings: EmojiEvalSettings,
+                           seed: int) -> list:
+    """Decoder samples (PIL, the decoder's side) for ``prompts``, each conditioned on the CLIP image
+    embedding of its pair's real render: text → image with the prior out of the way."""
+    renders = _renders(Path(settings.data), pipe.clip.image_size, pairs)
+    missing = [p for p in pairs if p not in renders]
+    if missing:
+        raise ValueError(f"no real render of {missing[0]} in {settings.data}")
+    plan = pipe.plan([Stage.decoder], steps=settings.steps)
+    g = SamplingOptions(seed=seed).make_generator(pipe.device)
+    image_emb = pipe.clip.encode_image(torch.stack([renders[p] for p in pairs]).to(pipe.device))
+    pixels = decode(pipe, image_emb, pipe.clip.encode_text(prompts), plan[Stage.decoder], g, progress=False)
+    return tensor_to_pil(pixels)
 
 
 @torch.no_grad()
