@@ -9,9 +9,10 @@ The official figures use an extractor this project did not train (Inception), wh
 CLIP was trained on these renders, so its figures are a progress reading between decoder
 checkpoints, not the issue's targets: compare them only with each other. Same prompts
 (``prompt_pairs``), seeds and caption grammar as the eval; text → the decoder's size.
-``--true-embeddings`` takes the prior out of the reading: the decoder draws from the CLIP image
+``--read decoder`` takes the prior out of the reading: the decoder draws from the CLIP image
 embedding of each prompt's real render (how well the decoder alone turns a known z_i into the
-concept). ``--sheet`` writes the first four seen and four held-out prompts' images at ``--sheet-size``.
+concept); ``--read prior`` takes the decoder out: the prior's sampled z_i is itself the query
+(seconds instead of minutes). ``--sheet`` writes the first four seen and four held-out prompts' images at ``--sheet-size``.
 A quality figure, not a timing: it may run beside other work.
 """
 
@@ -33,9 +34,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="decoder steps (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
-    parser.add_argument("--true-embeddings", action="store_true",
-                        help="read the decoder alone: condition it on each pair's real render's CLIP image embedding "
-                             "in place of the prior's sample")
+    parser.add_argument("--read", choices=("cascade", "decoder", "prior"), default="cascade",
+                        help="cascade: text → image (default); decoder: the decoder alone, from each prompt's real "
+                             "render's CLIP image embedding; prior: the prior alone, its z_i as the query")
     parser.add_argument("--sheet", type=Path, help="write a captioned sample sheet here (PNG)")
     parser.add_argument("--sheet-size", type=int, default=256)
     args = parser.parse_args()
@@ -58,7 +59,7 @@ def main() -> int:
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         found = gallery(root, pipe.sizes[0], features, cache=False)
         pairs = prompt_pairs(meta, found, args.prompts, args.seed)
-        rows = {name: recognisable(pipe, p, meta, found, features, settings, true_embeddings=args.true_embeddings)
+        rows = {name: recognisable(pipe, p, meta, found, features, settings, read=args.read)
                 for name, p in pairs.items()}
         if args.sheet:
             chosen = pairs["seen"][:4] + pairs["held_out"][:4]
@@ -70,7 +71,7 @@ def main() -> int:
         print(f"| {name} | {100 * r['top1']:.1f}% | {100 * r['top5']:.1f}% | {100 * r['style']:.1f}% | {r['n']} |")
     print(json.dumps({"checkpoint": args.checkpoint, "features": "cascade CLIP", "seed": args.seed,
                       "bf16": args.bf16,
-                      "z_i": "real render" if args.true_embeddings else "prior", "rows": rows}))
+                      "read": args.read, "rows": rows}))
     return 0
 
 

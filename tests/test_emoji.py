@@ -249,7 +249,7 @@ class EmbeddingPipe:
     def __init__(self, side: int):
         self.sizes, self.device = [side], torch.device("cpu")
         self.clip = SimpleNamespace(image_size=side, encode_image=lambda x: x.flatten(1),
-                                    encode_text=lambda prompts: torch.zeros(len(prompts), 1))
+                                    encode_text=lambda prompts: list(prompts))
 
     def plan(self, stages, **overrides):
         return {stage: None for stage in stages}
@@ -268,13 +268,31 @@ def test_recognisable_with_true_embeddings_decodes_each_pairs_own_render(built, 
     found = gallery(built, side, pixel_features, cache=False)
     settings = EmojiEvalSettings(data=str(built), batch=3)
     for name, chosen in prompt_pairs(meta, found, 300, 0).items():
-        r = recognisable(EmbeddingPipe(side), chosen, meta, found, pixel_features, settings, true_embeddings=True)
+        r = recognisable(EmbeddingPipe(side), chosen, meta, found, pixel_features, settings, read="decoder")
         assert (r["top1"], r["top5"], r["style"], r["n"]) == (1.0, 1.0, 1.0, len(chosen)), name
     # a decoder that draws each row from its neighbour's embedding is caught
     monkeypatch.setattr("unclip.evaluation.emoji.decode",
                         lambda pipe, emb, text, run, g, progress: emb.roll(1, 0).reshape(len(emb), 3, side, side))
     seen = prompt_pairs(meta, found, 300, 0)["seen"]
-    assert recognisable(EmbeddingPipe(side), seen, meta, found, pixel_features, settings, true_embeddings=True)["top1"] < 0.5
+    assert recognisable(EmbeddingPipe(side), seen, meta, found, pixel_features, settings, read="decoder")["top1"] < 0.5
+
+
+def test_recognisable_reads_the_prior_alone_by_its_z_i_and_refuses_other_readings(built, monkeypatch):
+    from unclip.evaluation.emoji import EmojiEvalSettings, gallery, prompt_pairs, recognisable
+
+    renders = RenderingPipe(built, 32).renders  # caption → real render
+    # a prior whose z_i is its caption's render's feature: the nearest render must be the concept
+    monkeypatch.setattr("unclip.evaluation.emoji.sample_prior",
+                        lambda pipe, text, run, g, progress: pixel_features(torch.stack([renders[t] for t in text])))
+    meta = json.loads((built / "metadata.json").read_text())
+    found = gallery(built, 32, pixel_features, cache=False)
+    settings = EmojiEvalSettings(data=str(built), batch=4)
+    pairs = prompt_pairs(meta, found, 300, 0)
+    for name, chosen in pairs.items():
+        r = recognisable(EmbeddingPipe(32), chosen, meta, found, pixel_features, settings, read="prior")
+        assert (r["top1"], r["top5"], r["style"]) == (1.0, 1.0, 1.0), name
+    with pytest.raises(ValueError, match="read: 'inception' is not one of cascade, decoder, prior"):
+        recognisable(EmbeddingPipe(32), pairs["seen"], meta, found, pixel_features, settings, read="inception")
 
 
 def test_the_emoji_suite_runs_on_a_tiny_cascade_and_caches_its_gallery(built, tiny_pipeline_dir, tmp_path,
@@ -321,12 +339,13 @@ def test_the_clip_nearest_bench_reads_a_tiny_cascade_on_the_emoji_prompts(built,
     assert all(rows[k]["top1"] <= rows[k]["top5"] for k in rows)
     assert report["features"] == "cascade CLIP" and "| held_out |" in done.stdout
     assert Image.open(sheet).width == 4 * 32  # four prompts a row at --sheet-size
-    assert report["z_i"] == "prior"
-    done = run_clip_nearest_bench("--checkpoint", str(tiny_pipeline_dir), "--data", str(built), "--prompts", "2",
-                                  "--steps", "2", "--true-embeddings")
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["z_i"] == "real render" and report["rows"]["seen"]["n"] == 2
+    assert report["read"] == "cascade"
+    for read in ("decoder", "prior"):
+        done = run_clip_nearest_bench("--checkpoint", str(tiny_pipeline_dir), "--data", str(built), "--prompts", "2",
+                                      "--steps", "2", "--read", read)
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report["read"] == read and report["rows"]["seen"]["n"] == 2
 
 
 def test_the_clip_nearest_bench_names_a_folder_that_is_not_emoji_data(tiny_pipeline_dir, tmp_path):

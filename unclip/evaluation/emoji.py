@@ -133,19 +133,28 @@ def prompt_pairs(meta: dict, found: Gallery, n: int, seed: int) -> dict[str, lis
     return {"seen": rng.sample(seen, min(n, len(seen))), "held_out": rng.sample(held, min(n, len(held)))}
 
 
+READINGS = ("cascade", "decoder", "prior")  # what ``recognisable`` reads; see its docstring
+
+
 def recognisable(pipe, pairs: list[tuple[str, str]], meta: dict, found: Gallery, features: Features,
-                 settings: EmojiEvalSettings, *, true_embeddings: bool = False) -> dict[str, float]:
+                 settings: EmojiEvalSettings, *, read: str = "cascade") -> dict[str, float]:
     """Top-1 / top-5 concept and style of the nearest real renders of generated images.
-    ``true_embeddings`` reads the decoder alone: it draws from the CLIP image embedding of each
-    pair's real render (under ``settings.data``) in place of the prior's sample."""
+    ``read="decoder"`` reads the decoder alone: it draws from the CLIP image embedding of each
+    pair's real render (under ``settings.data``) in place of the prior's sample; ``read="prior"``
+    the prior alone: its sampled z_i itself is the query, so ``found`` must hold the cascade CLIP's
+    image embeddings of the renders (``features = pipe.clip.encode_image``)."""
+    if read not in READINGS:
+        raise ValueError(f"read: {read!r} is not one of {', '.join(READINGS)}")
     side, top1, top5, style_hits = pipe.sizes[0], 0, 0, 0
     for i, chunk in in_batches(pairs, settings.batch, "recognisable"):
         prompts = [caption(meta["annotations"][c], s) for c, s in chunk]
-        if true_embeddings:
-            images = decode_true_embeddings(pipe, chunk, prompts, settings, settings.seed + i)
+        if read == "prior":
+            feats = prior_samples(pipe, prompts, settings, settings.seed + i)
+        elif read == "decoder":
+            feats = features(pil_to_tensor(decode_true_embeddings(pipe, chunk, prompts, settings, settings.seed + i)))
         else:
             images = pipe.generate(prompts, size=side, steps=settings.steps, seed=settings.seed + i, progress=False)
-        feats = features(pil_to_tensor(images))
+            feats = features(pil_to_tensor(images))
         for (concept, style), row, (_, nearest_style) in zip(chunk, feats, nearest(feats, found, None, 1)):
             style_hits += nearest_style == style
             concepts = nearest(row[None], found, style, 5)[0][0]
@@ -164,6 +173,14 @@ def _renders(root: Path, side: int, pairs: list[tuple[str, str]]) -> dict[tuple[
         if key in wanted and key not in out:
             out[key] = data[i]["image"]
     return out
+
+
+@torch.no_grad()
+def prior_samples(pipe, prompts: list[str], settings: EmojiEvalSettings, seed: int) -> torch.Tensor:
+    """The prior's z_i (B, D) for ``prompts``, best of 2 as ``generate`` draws them."""
+    plan = pipe.plan([Stage.prior], steps=settings.steps)
+    g = SamplingOptions(seed=seed).make_generator(pipe.device)
+    return sample_prior(pipe, pipe.clip.encode_text(prompts), plan[Stage.prior], g, progress=False)
 
 
 @torch.no_grad()
