@@ -29,6 +29,7 @@ def test_embed_writes_shards_metadata_and_its_clip(embeddings):
 
     meta = json.loads((embeddings / "metadata.json").read_text())
     assert (meta["count"], meta["shards"], meta["embed_dim"], meta["context_length"]) == (10, ["00000", "00001", "00002"], 32, 77)
+    assert (meta["source"]["kind"], meta["source"]["seed"]) == ("shapes", 5)  # the data config it encoded
     clip = load_component(embeddings / "clip")
     source = [ShapesDataset(resolution=32, seed=5).item(i) for i in range(10)]
     captions = json.loads((embeddings / "00002_captions.json").read_text())
@@ -75,3 +76,22 @@ def test_the_prior_trains_on_embeddings_without_images(embeddings, tmp_path, mon
 def test_embed_needs_a_limit_for_an_endless_set(tmp_path, capsys):
     assert cli(["embed", "--config", PRIOR, "--output", str(tmp_path / "x")]) == 2
     assert "--limit" in capsys.readouterr().err
+
+
+def test_the_monitor_reads_the_data_the_embeddings_came_from(embeddings, tmp_path, capsys):
+    from unclip.config import DataConfig, DatasetKind
+    from unclip.training.stages.common import monitor_data
+
+    found = monitor_data(DataConfig(kind=DatasetKind.embeddings, path=str(embeddings)))
+    assert (found.kind, found.seed) == (DatasetKind.shapes, 5)
+    old = tmp_path / "old"  # written before `source` was kept
+    old.mkdir()
+    meta = json.loads((embeddings / "metadata.json").read_text())
+    (old / "metadata.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "source"}))
+    data = DataConfig(kind=DatasetKind.embeddings, path=str(old))
+    assert monitor_data(data) is data and "does not name the data it was encoded from" in capsys.readouterr().out
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "metadata.json").write_text(json.dumps({**meta, "source": {"kind": "emoji", "path": str(tmp_path / "x")}}))
+    data = DataConfig(kind=DatasetKind.embeddings, path=str(gone))
+    assert monitor_data(data) is data and "is not there" in capsys.readouterr().out

@@ -295,6 +295,20 @@ def test_recognisable_reads_the_prior_alone_by_its_z_i_and_refuses_other_reading
         recognisable(EmbeddingPipe(32), pairs["seen"], meta, found, pixel_features, settings, read="inception")
 
 
+def test_a_prior_on_emoji_embeddings_monitors_the_held_out_emoji_pairs(built, tmp_path):
+    from unclip.config import DataConfig, DatasetKind
+    from unclip.training.stages.common import held_out_samples
+
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    (emb / "metadata.json").write_text(json.dumps({"count": 0, "shards": [], "source": {
+        "kind": "emoji", "path": str(built), "resolution": 32}}))
+    images, captions = held_out_samples(DataConfig(kind=DatasetKind.embeddings, path=str(emb)), 32, 8)
+    meta = json.loads((built / "metadata.json").read_text())
+    wanted = {emoji.caption(meta["annotations"][c], s) for c, s in meta["held_out"]}
+    assert images.shape[1:] == (3, 32, 32) and captions and set(captions) <= wanted
+
+
 def test_the_emoji_suite_runs_on_a_tiny_cascade_and_caches_its_gallery(built, tiny_pipeline_dir, tmp_path,
                                                                        monkeypatch):
     out = tmp_path / "eval"

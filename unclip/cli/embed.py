@@ -69,6 +69,7 @@ def _encode(cfg, args: argparse.Namespace, out, state) -> int:
     from tqdm.auto import tqdm
 
     from unclip.checkpoint import save_component
+    from unclip.config import to_dict
     from unclip.data import build_dataset
     from unclip.data.embeddings import EmbeddingsWriter, merge_metadata
     from unclip.training.stages.common import frozen_clip
@@ -84,7 +85,7 @@ def _encode(cfg, args: argparse.Namespace, out, state) -> int:
     part = f"metadata.part{rank:03d}.json"
     done = 0
     with (EmbeddingsWriter(out, args.shard_size, prefix=f"p{rank:03d}-" if world > 1 else "",
-                           metadata=part if world > 1 else "metadata.json") as writer,
+                           metadata=part if world > 1 else "metadata.json", source=to_dict(cfg.data)) as writer,
           tqdm(total=share, desc="embed", unit="sample", disable=not state.is_main_process) as bar):
         for batch in loader if share != 0 else []:
             take = len(batch["caption"]) if share is None else min(len(batch["caption"]), share - done)

@@ -2,7 +2,11 @@
 
 On disk, a folder with ``metadata.json``::
 
-    {"count": N, "shards": ["00000", ...], "embed_dim": D, "context_length": L, "text_width": W}
+    {"count": N, "shards": ["00000", ...], "embed_dim": D, "context_length": L, "text_width": W,
+     "source": {"kind": "emoji", "path": ..., ...}}
+
+(``source``: the data config the encodings came from, so a prior's monitor can read held-out pairs
+of the same set; folders written before it lack it)
 
 and per shard prefix ``p``: ``p_image_emb.npy`` [n,D], ``p_text_emb.npy`` [n,D] (float32 or
 float16), ``p_text_tokens.npy`` [n,L,W] (float16), ``p_text_mask.npy`` [n,L] (bool) and
@@ -39,10 +43,11 @@ class EmbeddingsWriter:
     """
 
     def __init__(self, out_dir: str | Path, shard_size: int = 10_000, *, prefix: str = "",
-                 metadata: str = METADATA):
+                 metadata: str = METADATA, source: dict | None = None):
         """``prefix`` starts every shard name and ``metadata`` names the file ``close`` writes: one
-        writer per process uses its own (see :func:`merge_metadata`)."""
-        self.out_dir = Path(out_dir)
+        writer per process uses its own (see :func:`merge_metadata`). ``source``: the data config
+        (as a dict) the encodings come from, kept in the metadata."""
+        self.out_dir, self.source = Path(out_dir), source
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shard_size, self.prefix, self.metadata = shard_size, prefix, metadata
         self.count = 0
@@ -93,6 +98,8 @@ class EmbeddingsWriter:
             "context_length": int(shapes["text_tokens"][0]) if shapes else None,
             "text_width": int(shapes["text_tokens"][1]) if shapes else None,
         }
+        if self.source is not None:
+            metadata["source"] = self.source
         (self.out_dir / self.metadata).write_text(json.dumps(metadata, indent=2))
 
     def __enter__(self) -> EmbeddingsWriter:
@@ -113,10 +120,19 @@ def merge_metadata(out_dir: str | Path, parts: list[str]) -> dict:
         raise ValueError(f"{out_dir}: the processes wrote embeddings of different shapes")
     merged = {"count": sum(m["count"] for m in metas), "shards": [s for m in metas for s in m["shards"]],
               **{k: filled[0][k] if filled else None for k in keys}}
+    if "source" in metas[0]:
+        merged["source"] = metas[0]["source"]
     (out_dir / METADATA).write_text(json.dumps(merged, indent=2))
     for part in parts:
         (out_dir / part).unlink()
     return merged
+
+
+def source_data(path: str | Path) -> dict | None:
+    """The data config (a dict) an embeddings folder was encoded from, or None where its metadata
+    does not say (folders written before ``source`` was kept)."""
+    meta = Path(path) / METADATA
+    return json.loads(meta.read_text()).get("source") if meta.is_file() else None
 
 
 class EmbeddingsDataset(Dataset):

@@ -19,7 +19,8 @@ from torch import nn
 from torchvision.utils import save_image
 
 from unclip.checkpoint import load_clip, load_component
-from unclip.config import DataConfig, DatasetKind, StageConfig
+from unclip.config import DataConfig, DatasetKind, StageConfig, from_dict
+from unclip.data.embeddings import source_data
 from unclip.data.shapes import ShapesDataset
 
 Batch = dict[str, Any]
@@ -79,11 +80,32 @@ def check_clip_width(clip, width: int, field: str) -> None:
         raise ValueError(f"{field}={width} but the frozen CLIP's embedding width is {clip.embed_dim}")
 
 
+def monitor_data(data: DataConfig) -> DataConfig:
+    """The data config whose held-out samples the monitors read: for precomputed embeddings, the
+    data set ``unclip embed`` encoded them from (where its metadata names one), else ``data``."""
+    if data.kind is not DatasetKind.embeddings or not data.path:
+        return data
+    source = source_data(data.path)
+    if source is None:
+        print(f"note: {data.path} does not name the data it was encoded from (written before `unclip embed` "
+              "kept it); the monitor reads held-out shapes captions")
+        return data
+    found = from_dict(DataConfig, source, f"{data.path}: source")
+    if found.path and not Path(found.path).exists():
+        print(f"note: {found.path}, the data {data.path} was encoded from, is not there; the monitor reads "
+              "held-out shapes captions")
+        return data
+    return found
+
+
 def held_out_samples(data: DataConfig, resolution: int, count: int,
                      seed: int = 10_000) -> tuple[torch.Tensor, list[str]]:
     """``count`` fixed samples the training stream never shows, for the monitors: images (N, 3, R, R)
     in [-1, 1] and their captions. Shapes: another seed, held-out colour–shape pairs included;
-    emoji: the held-out (concept, style) pairs, evenly spaced, with their canonical captions."""
+    emoji: the held-out (concept, style) pairs, evenly spaced, with their canonical captions.
+    Precomputed embeddings: those of the data set they were encoded from (their metadata's
+    ``source``), shapes where it does not say."""
+    data = monitor_data(data)
     if data.kind is DatasetKind.emoji:
         from unclip.data.emoji_dataset import EmojiDataset
 
