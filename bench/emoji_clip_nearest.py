@@ -33,6 +33,8 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=100, help="seen and held-out prompts, each")
     parser.add_argument("--steps", type=int, help="decoder steps (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", nargs=2, type=float, metavar=("PRIOR", "DECODER"),
+                        help="guidance scales (default: the checkpoint's)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks")
     parser.add_argument("--read", choices=("cascade", "decoder", "prior"), default="cascade",
                         help="cascade: text → image (default); decoder: the decoder alone, from each prompt's real "
@@ -54,7 +56,8 @@ def main() -> int:
         return 2
     pipe = UnCLIPPipeline.from_pretrained(args.checkpoint)
     steps = {"decoder": args.steps} if args.steps else None
-    settings = EmojiEvalSettings(data=str(root), prompts=args.prompts, seed=args.seed, steps=steps)
+    guidance = dict(zip(("prior", "decoder"), args.guidance)) if args.guidance else None
+    settings = EmojiEvalSettings(data=str(root), prompts=args.prompts, seed=args.seed, steps=steps, guidance=guidance)
     features = pipe.clip.encode_image
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         found = gallery(root, pipe.sizes[0], features, cache=False)
@@ -64,14 +67,16 @@ def main() -> int:
         if args.sheet:
             chosen = pairs["seen"][:4] + pairs["held_out"][:4]
             prompts = [caption(meta["annotations"][c], s) for c, s in chosen]
-            images = pipe.generate(prompts, size=args.sheet_size, steps=steps, seed=args.seed, progress=False)
+            images = pipe.generate(prompts, size=args.sheet_size, steps=steps, guidance=guidance, seed=args.seed,
+                                   progress=False)
             save_grid(images, args.sheet, columns=4, captions=prompts)
     print("| prompts | top-1 concept | top-5 concept | style | n |\n|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {100 * r['top1']:.1f}% | {100 * r['top5']:.1f}% | {100 * r['style']:.1f}% | {r['n']} |")
     print(json.dumps({"checkpoint": args.checkpoint, "features": "cascade CLIP", "seed": args.seed,
                       "bf16": args.bf16,
-                      "read": args.read, "rows": rows}))
+                      "read": args.read,
+                      "guidance": guidance, "rows": rows}))
     return 0
 
 

@@ -356,10 +356,11 @@ def test_the_clip_nearest_bench_reads_a_tiny_cascade_on_the_emoji_prompts(built,
     assert report["read"] == "cascade"
     for read in ("decoder", "prior"):
         done = run_clip_nearest_bench("--checkpoint", str(tiny_pipeline_dir), "--data", str(built), "--prompts", "2",
-                                      "--steps", "2", "--read", read)
+                                      "--steps", "2", "--read", read, "--guidance", "1.5", "2")
         assert done.returncode == 0, done.stderr[-2000:]
         report = json.loads(done.stdout.strip().splitlines()[-1])
         assert report["read"] == read and report["rows"]["seen"]["n"] == 2
+        assert report["guidance"] == {"prior": 1.5, "decoder": 2.0}
 
 
 def test_the_clip_nearest_bench_names_a_folder_that_is_not_emoji_data(tiny_pipeline_dir, tmp_path):

@@ -58,6 +58,7 @@ class EmojiEvalSettings:
     batch: int = 50
     seed: int = 0
     steps: dict | None = None
+    guidance: dict | None = None  # {stage: scale} for the prior and the decoder; None: the checkpoint's
 
 
 @dataclass
@@ -153,7 +154,8 @@ def recognisable(pipe, pairs: list[tuple[str, str]], meta: dict, found: Gallery,
         elif read == "decoder":
             feats = features(pil_to_tensor(decode_true_embeddings(pipe, chunk, prompts, settings, settings.seed + i)))
         else:
-            images = pipe.generate(prompts, size=side, steps=settings.steps, seed=settings.seed + i, progress=False)
+            images = pipe.generate(prompts, size=side, steps=settings.steps, guidance=settings.guidance,
+                                   seed=settings.seed + i, progress=False)
             feats = features(pil_to_tensor(images))
         for (concept, style), row, (_, nearest_style) in zip(chunk, feats, nearest(feats, found, None, 1)):
             style_hits += nearest_style == style
@@ -178,7 +180,7 @@ def _renders(root: Path, side: int, pairs: list[tuple[str, str]]) -> dict[tuple[
 @torch.no_grad()
 def prior_samples(pipe, prompts: list[str], settings: EmojiEvalSettings, seed: int) -> torch.Tensor:
     """The prior's z_i (B, D) for ``prompts``, best of 2 as ``generate`` draws them."""
-    plan = pipe.plan([Stage.prior], steps=settings.steps)
+    plan = pipe.plan([Stage.prior], steps=settings.steps, guidance=settings.guidance)
     g = SamplingOptions(seed=seed).make_generator(pipe.device)
     return sample_prior(pipe, pipe.clip.encode_text(prompts), plan[Stage.prior], g, progress=False)
 
@@ -192,7 +194,7 @@ def decode_true_embeddings(pipe, pairs: list[tuple[str, str]], prompts: list[str
     missing = [p for p in pairs if p not in renders]
     if missing:
         raise ValueError(f"no real render of {missing[0]} in {settings.data}")
-    plan = pipe.plan([Stage.decoder], steps=settings.steps)
+    plan = pipe.plan([Stage.decoder], steps=settings.steps, guidance=settings.guidance)
     g = SamplingOptions(seed=seed).make_generator(pipe.device)
     image_emb = pipe.clip.encode_image(torch.stack([renders[p] for p in pairs]).to(pipe.device))
     pixels = decode(pipe, image_emb, pipe.clip.encode_text(prompts), plan[Stage.decoder], g, progress=False)
