@@ -211,7 +211,7 @@ class RenderingPipe:
                 item = data[i]
                 self.renders[item["caption"]] = item["image"]
 
-    def generate(self, prompts, size, steps=None, seed=0, progress=True):
+    def generate(self, prompts, size, steps=None, guidance=None, seed=0, progress=True):
         from unclip.data.images import tensor_to_pil
 
         return tensor_to_pil(torch.stack([self.renders[p] for p in prompts]))
