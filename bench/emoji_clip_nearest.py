@@ -12,7 +12,8 @@ checkpoints, not the issue's targets: compare them only with each other. Same pr
 ``--read decoder`` takes the prior out of the reading: the decoder draws from the CLIP image
 embedding of each prompt's real render (how well the decoder alone turns a known z_i into the
 concept); ``--read prior`` takes the decoder out: the prior's sampled z_i is itself the query
-(seconds instead of minutes). ``--sheet`` writes the first four seen and four held-out prompts' images at ``--sheet-size``.
+(seconds instead of minutes). ``--sheet`` writes the first four seen and four held-out prompts'
+images at ``--sheet-size``.
 A quality figure, not a timing: it may run beside other work.
 """
 
@@ -74,9 +75,7 @@ def main() -> int:
     for name, r in rows.items():
         print(f"| {name} | {100 * r['top1']:.1f}% | {100 * r['top5']:.1f}% | {100 * r['style']:.1f}% | {r['n']} |")
     print(json.dumps({"checkpoint": args.checkpoint, "features": "cascade CLIP", "seed": args.seed,
-                      "bf16": args.bf16,
-                      "read": args.read,
-                      "guidance": guidance, "rows": rows}))
+                      "bf16": args.bf16, "read": args.read, "guidance": guidance, "rows": rows}))
     return 0
 
 

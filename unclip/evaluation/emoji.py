@@ -147,12 +147,14 @@ def recognisable(pipe, pairs: list[tuple[str, str]], meta: dict, found: Gallery,
     if read not in READINGS:
         raise ValueError(f"read: {read!r} is not one of {', '.join(READINGS)}")
     side, top1, top5, style_hits = pipe.sizes[0], 0, 0, 0
+    renders = _true_renders(pipe, pairs, settings) if read == "decoder" else {}
     for i, chunk in in_batches(pairs, settings.batch, "recognisable"):
         prompts = [caption(meta["annotations"][c], s) for c, s in chunk]
         if read == "prior":
             feats = prior_samples(pipe, prompts, settings, settings.seed + i)
         elif read == "decoder":
-            feats = features(pil_to_tensor(decode_true_embeddings(pipe, chunk, prompts, settings, settings.seed + i)))
+            real = torch.stack([renders[p] for p in chunk])
+            feats = features(pil_to_tensor(decode_true_embeddings(pipe, real, prompts, settings, settings.seed + i)))
         else:
             images = pipe.generate(prompts, size=side, steps=settings.steps, guidance=settings.guidance,
                                    seed=settings.seed + i, progress=False)
@@ -185,18 +187,24 @@ def prior_samples(pipe, prompts: list[str], settings: EmojiEvalSettings, seed: i
     return sample_prior(pipe, pipe.clip.encode_text(prompts), plan[Stage.prior], g, progress=False)
 
 
-@torch.no_grad()
-def decode_true_embeddings(pipe, pairs: list[tuple[str, str]], prompts: list[str], settings: EmojiEvalSettings,
-                           seed: int) -> list:
-    """Decoder samples (PIL, the decoder's side) for ``prompts``, each conditioned on the CLIP image
-    embedding of its pair's real render: text → image with the prior out of the way."""
+def _true_renders(pipe, pairs: list[tuple[str, str]], settings: EmojiEvalSettings) -> dict:
+    """The real render of every pair at the CLIP's side, read once for a whole reading."""
     renders = _renders(Path(settings.data), pipe.clip.image_size, pairs)
     missing = [p for p in pairs if p not in renders]
     if missing:
         raise ValueError(f"no real render of {missing[0]} in {settings.data}")
+    return renders
+
+
+@torch.no_grad()
+def decode_true_embeddings(pipe, renders: torch.Tensor, prompts: list[str], settings: EmojiEvalSettings,
+                           seed: int) -> list:
+    """Decoder samples (PIL, the decoder's side) for ``prompts``, each conditioned on the CLIP image
+    embedding of its real render (``renders``: (B, 3, S, S) in [-1, 1]): text → image with the
+    prior out of the way."""
     plan = pipe.plan([Stage.decoder], steps=settings.steps, guidance=settings.guidance)
     g = SamplingOptions(seed=seed).make_generator(pipe.device)
-    image_emb = pipe.clip.encode_image(torch.stack([renders[p] for p in pairs]).to(pipe.device))
+    image_emb = pipe.clip.encode_image(renders.to(pipe.device))
     pixels = decode(pipe, image_emb, pipe.clip.encode_text(prompts), plan[Stage.decoder], g, progress=False)
     return tensor_to_pil(pixels)
 
