@@ -173,8 +173,24 @@ def test_the_training_throughput_bench_times_a_config_file_in_both_layouts():
                              "--steps", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("configs/tiny/decoder.yaml")]
-    assert [(r[1], r[2], r[3]) for r in rows] == [("decoder", "fp32", "nchw"), ("decoder", "fp32", "channels_last")]
-    assert all(float(r[-1]) > 0 for r in rows)  # samples/s
+    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [("decoder", "fp32", "nchw", "no"),
+                                                        ("decoder", "fp32", "channels_last", "no")]
+    assert all(float(r[-2]) > 0 and float(r[-1]) > 0 for r in rows)  # samples/s, the first step's seconds
+
+
+def test_the_training_throughput_bench_times_the_compiled_step(tmp_path, monkeypatch):
+    import importlib.util
+
+    from unclip.training import loop
+
+    graphs = []
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", lambda graph, inputs: graphs.append(graph) or graph.forward)
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "bench" / "train_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stage, batch, fastest, first = bench.measure(ROOT / "configs/tiny/decoder.yaml", "no", 1, tmp_path, compile=True)
+    assert (stage, batch) == ("decoder", 4) and fastest > 0 and first > 0
+    assert graphs, "--compile did not time the forward through torch.compile"
 
 
 def test_the_precision_time_bench_times_three_precisions_and_restores_the_tail(tiny_pipeline_dir, capsys):

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from unclip.config import ClipStageConfig, TrainingConfig
+from unclip.training import loop
 from unclip.training import resume as train_checkpoint
 from unclip.training.batches import batch_stream
 from unclip.training.ema import EMA
@@ -121,6 +122,33 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     run_toy(toy_config(steps=1, mixed_precision="bf16"), tmp_path / "bf16", build=toy_build(seen=seen))
     run_toy(toy_config(steps=1), tmp_path / "fp32", build=toy_build(seen=seen))
     assert seen == [torch.bfloat16, torch.float32]
+
+
+def test_training_compile_runs_the_step_through_torch_compile_and_trains_the_same_weights(tmp_path, monkeypatch):
+    graphs: list = []
+
+    def counting_backend(graph, example_inputs):  # dynamo hands each captured graph here
+        graphs.append(graph)
+        return graph.forward
+
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", counting_backend)
+    run_toy(toy_config(compile=True, grad_clip=0.0), tmp_path / "compiled")
+    assert graphs, "training.compile did not send the forward through torch.compile"
+    run_toy(toy_config(grad_clip=0.0), tmp_path / "eager")
+    compiled = load_file(str(tmp_path / "compiled/checkpoints/step_000004/model.safetensors"))
+    eager = load_file(str(tmp_path / "eager/checkpoints/step_000004/model.safetensors"))
+    assert sorted(compiled) == sorted(eager) == ["frozen", "linear.bias", "linear.weight"]  # no _orig_mod. prefix
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], atol=1e-6, rtol=0)
+    ema = load_file(str(tmp_path / "compiled/export/toy.safetensors"))
+    assert not torch.equal(ema["linear.weight"], Toy().linear.weight.detach())  # the EMA followed the training
+
+
+def test_training_compile_is_refused_under_a_sharding_engine(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop.sharded, "engine_managed", lambda accelerator: True)
+    with pytest.raises(ValueError, match="training.compile works for single-process and DDP runs"):
+        run_toy(toy_config(compile=True), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_non_finite_loss_stops_with_step_and_captions(tmp_path):

@@ -252,6 +252,9 @@ class TrainingConfig:
     # Recompute activations in the backward pass instead of storing them: less memory, more time,
     # the same gradients (unclip.networks.build.enable_gradient_checkpointing).
     gradient_checkpointing: bool = False
+    # torch.compile the network's forward for the training step (opt in): the first step compiles
+    # (minutes on a CPU), later steps run the compiled graph. Single-process and DDP runs only.
+    compile: bool = False
 
 
 @dataclass

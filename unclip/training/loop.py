@@ -66,19 +66,33 @@ class JsonlTracker(GeneralTracker):
             f.write(json.dumps({"step": step, **values}) + "\n")
 
 
+# torch.compile's backend for ``training.compile`` (tests trace with a counting backend instead)
+COMPILE_BACKEND: str | Callable = "inductor"
+
+
 @dataclass
 class PreparedNetwork:
     """The network to call from a loss: the wrapper's forward (DDP's gradient sync, autocast),
-    the plain network's attributes (``decoder.cfg``, ``decoder.text_proj``, ``prior.standardise``)."""
+    compiled with ``training.compile``; the plain network's attributes (``decoder.cfg``,
+    ``decoder.text_proj``, ``prior.standardise``)."""
 
     wrapped: torch.nn.Module
     plain: torch.nn.Module
+    compiled: Callable | None = None
 
     def __call__(self, *args, **kwargs):
-        return self.wrapped(*args, **kwargs)
+        return (self.wrapped if self.compiled is None else self.compiled)(*args, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(self.plain, name)
+
+
+def prepared_network(wrapped: torch.nn.Module, plain: torch.nn.Module, compile: bool = False) -> PreparedNetwork:
+    """``wrapped`` to call from a loss, through ``torch.compile`` when ``compile`` (static shapes:
+    the batch is the same every step). The compiled module only refers to ``wrapped``, so the
+    weights, their EMA and the checkpoints keep the plain network's names."""
+    compiled = torch.compile(wrapped, backend=COMPILE_BACKEND, dynamic=False) if compile else None
+    return PreparedNetwork(wrapped, plain, compiled)
 
 
 def train(cfg: StageConfig, output: str | Path, *, resume: bool = False,
@@ -140,6 +154,8 @@ class _Run:
         for name in ("batch_size", "grad_accum", "checkpoint_every", "sample_every", "log_every"):
             if getattr(tc, name) < 1:
                 raise ValueError(f"training.{name} must be at least 1, got {getattr(tc, name)}")
+        if tc.compile and sharded.engine_managed(accelerator):
+            raise ValueError("training.compile works for single-process and DDP runs, not under FSDP or DeepSpeed")
         state = _resume_state(output, resume, self.config)
         self.model = task.model.to(accelerator.device)
         if tc.gradient_checkpointing:
@@ -157,7 +173,7 @@ class _Run:
                              "accelerate config (configs/accelerate/)")
         self.prepare(state)
         self.start = state.step if state is not None else 0
-        self.call = PreparedNetwork(self.wrapped, self.model)
+        self.call = prepared_network(self.wrapped, self.model, tc.compile)
         self.samples_per_step = tc.batch_size * tc.grad_accum * accelerator.num_processes
 
     def prepare(self, state: ckpt.ResumeState | None) -> None:
