@@ -257,6 +257,17 @@ def test_batch_stream_resumes_exactly_and_splits_processes():
     assert _captions(batch_stream(Plain(), 3, start_batch=4), 2) == plain[10:]  # batches of 3, 3, 3, 1, …
 
 
+def test_batches_are_pinned_only_for_a_gpu(tmp_path, monkeypatch):
+    from unclip.training import batches
+
+    pinned, loader = [], batches.DataLoader
+    monkeypatch.setattr(batches, "DataLoader", lambda *a, **k: pinned.append(k["pin_memory"]) or loader(*a, **k))
+    next(batch_stream(toy_data(), 4, pin_memory=True))
+    next(batch_stream(toy_data(), 4))
+    run_toy(toy_config(steps=1), tmp_path)  # the loop on this CPU: no pinning
+    assert pinned == [True, False, False]
+
+
 def test_batch_stream_of_the_shapes_set_is_independent_of_workers():
     from unclip.data.shapes import ShapesDataset
 

@@ -70,9 +70,12 @@ class _EpochPermutation:
 
 
 def batch_stream(dataset: Dataset | IterableDataset, batch_size: int, *, start_batch: int = 0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 0) -> Iterator[Batch]:
-    """Endless batches (dicts of stacked tensors and lists of strings), from batch ``start_batch``."""
-    loader_args = {"batch_size": batch_size, "num_workers": num_workers, "persistent_workers": num_workers > 0}
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
+    """Endless batches (dicts of stacked tensors and lists of strings), from batch ``start_batch``;
+    ``pin_memory`` (for a GPU) puts each batch in page-locked memory, so that copying it to the GPU
+    does not wait for the host."""
+    loader_args = {"batch_size": batch_size, "num_workers": num_workers, "persistent_workers": num_workers > 0,
+                   "pin_memory": pin_memory}
     if isinstance(dataset, IterableDataset) and not callable(getattr(dataset, "item", None)):
         return _sequential(dataset, start_batch, loader_args)
     if isinstance(dataset, IterableDataset):

@@ -210,7 +210,8 @@ class _Run:
         tc, accelerator, main = self.tc, self.accelerator, self.accelerator.is_main_process
         batches = batch_stream(self.task.dataset, tc.batch_size, start_batch=self.start * tc.grad_accum,
                                seed=self.cfg.data.seed, rank=accelerator.process_index,
-                               world_size=accelerator.num_processes, num_workers=tc.num_workers)
+                               world_size=accelerator.num_processes, num_workers=tc.num_workers,
+                               pin_memory=accelerator.device.type == "cuda")
         if main:
             self.output.mkdir(parents=True, exist_ok=True)
             save_yaml(self.cfg, self.output / "config.yaml")
@@ -312,7 +313,8 @@ def optimisation_step(task: StageTask, call: PreparedNetwork, batches, optimizer
         batch = next(batches, None)
         if batch is None:
             raise ValueError("the training data set yielded nothing")
-        batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = {k: v.to(accelerator.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in batch.items()}
         _reseed(tc.seed, (step - 1) * tc.grad_accum + micro, accelerator.process_index)
         # autocast covers the network's forward only (accelerate wraps it): data preparation such
         # as degradations and the frozen CLIP's encodings stay in float32
