@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import IterableDataset
 
-from unclip.config import ClipStageConfig, TrainingConfig
+from unclip.config import ClipStageConfig, ConfigError, TrainingConfig
 from unclip.training import loop
 from unclip.training import resume as train_checkpoint
 from unclip.training.batches import batch_stream
@@ -432,3 +432,24 @@ def test_an_entry_script_in_a_real_process_exits_2_with_one_line(tmp_path):
     assert done.returncode == 2, done.stderr
     message = f"unclip train: error: {config} configures the {other} stage, not {stage}"
     assert done.stderr.strip().splitlines() == [message]
+
+
+def test_cosine_decay_anneals_from_the_start_step_to_the_final_share(tmp_path):
+    run_toy(toy_config(steps=6, lr=0.1, lr_decay="cosine", lr_decay_start=2, lr_final=0.1), tmp_path)
+    lrs = [r["lr"] for r in logs(tmp_path) if "lr" in r]
+    # steps 1-2 at the full rate, then half a cosine over the 4 steps to 2..6, ending at 0.1 of it
+    left = [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert lrs == pytest.approx([0.1, 0.1] + [0.1 * (0.1 + 0.9 * f) for f in left])
+    assert lrs[2:] == sorted(lrs[2:], reverse=True) and lrs[-1] < 0.1
+
+
+def test_linear_decay_after_a_resume_continues_from_the_restored_step(tmp_path):
+    run_toy(toy_config(steps=4, lr=0.1), tmp_path)  # a constant-rate run ...
+    run_toy(toy_config(steps=8, lr=0.1, lr_decay="linear", lr_decay_start=4), tmp_path, resume=True)
+    lrs = [r["lr"] for r in logs(tmp_path) if "lr" in r]  # ... annealed over its next four steps
+    assert lrs == pytest.approx([0.1] * 4 + [0.1, 0.075, 0.05, 0.025])
+
+
+def test_a_final_share_outside_zero_to_one_is_refused():
+    with pytest.raises(ConfigError, match="lr_final"):
+        TrainingConfig(lr_final=2.0)

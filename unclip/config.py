@@ -85,6 +85,12 @@ class DatasetKind(str, enum.Enum):
     emoji = "emoji"  # a folder written by `unclip data emoji` (its train split)
 
 
+class LrDecay(str, enum.Enum):
+    constant = "constant"  # the paper's: the rate stays at training.lr after the warm-up
+    cosine = "cosine"  # half a cosine from training.lr down to lr·lr_final over [lr_decay_start, steps]
+    linear = "linear"  # a straight line over the same span
+
+
 class Precision(str, enum.Enum):
     no = "no"
     fp16 = "fp16"
@@ -227,6 +233,12 @@ class TrainingConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     warmup_steps: int = 0
+    # The rate after the warm-up: constant (the paper's), or annealed from lr to lr·lr_final between
+    # step lr_decay_start and training.steps. A start later than 0 anneals the end of a run that was
+    # trained at a constant rate: resume it with training.steps=END training.lr_decay_start=NOW.
+    lr_decay: LrDecay = LrDecay.constant
+    lr_decay_start: int = 0
+    lr_final: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     mixed_precision: Precision = Precision.no
@@ -255,6 +267,12 @@ class TrainingConfig:
     # torch.compile the network's forward for the training step (opt in): the first step compiles
     # (minutes on a CPU), later steps run the compiled graph. Single-process and DDP runs only.
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lr_final <= 1.0:
+            raise ConfigError(f"training.lr_final: {self.lr_final} is not a share of training.lr (0 to 1)")
+        if self.lr_decay_start < 0:
+            raise ConfigError(f"training.lr_decay_start: {self.lr_decay_start} is negative")
 
 
 @dataclass

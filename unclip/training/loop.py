@@ -18,6 +18,7 @@ Run folder: ``config.yaml`` (resolved), ``checkpoints/step_XXXXXX`` + ``checkpoi
 from __future__ import annotations
 
 import json
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from accelerate.utils import ProjectConfiguration, is_tensorboard_available, set
 from tqdm.auto import tqdm
 
 from unclip.checkpoint import init_weights
-from unclip.config import Precision, StageConfig, TrainingConfig, save_yaml, to_dict
+from unclip.config import LrDecay, Precision, StageConfig, TrainingConfig, save_yaml, to_dict
 from unclip.networks.build import enable_gradient_checkpointing
 from unclip.training import resume as ckpt
 from unclip.training import sharded
@@ -184,7 +185,7 @@ class _Run:
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=tc.lr,
                                       betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
                                       weight_decay=tc.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(tc.warmup_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(tc))
         full = layout == sharded.FULL
         self.template = None if full else sharded.meta_copy(self.model)  # the full network's layout
         if full:
@@ -375,8 +376,20 @@ def _resume_state(output: Path, resume: bool, config: dict) -> ckpt.ResumeState 
     return state
 
 
-def _warmup(steps: int):
-    return lambda i: min(1.0, (i + 1) / steps) if steps > 0 else 1.0
+def lr_factor(tc: TrainingConfig):
+    """Step index i (0-based: the scheduler's count of steps taken) → the share of training.lr that
+    step i + 1 uses: the linear warm-up times the decay (training.lr_decay)."""
+    span = max(tc.steps - tc.lr_decay_start, 1)
+
+    def factor(i: int) -> float:
+        warm = min(1.0, (i + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else 1.0
+        if tc.lr_decay == LrDecay.constant or i < tc.lr_decay_start:
+            return warm
+        done = min(1.0, (i - tc.lr_decay_start) / span)
+        left = 0.5 * (1.0 + math.cos(math.pi * done)) if tc.lr_decay == LrDecay.cosine else 1.0 - done
+        return warm * (tc.lr_final + (1.0 - tc.lr_final) * left)
+
+    return factor
 
 
 def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
