@@ -453,3 +453,36 @@ def test_linear_decay_after_a_resume_continues_from_the_restored_step(tmp_path):
 def test_a_final_share_outside_zero_to_one_is_refused():
     with pytest.raises(ConfigError, match="lr_final"):
         TrainingConfig(lr_final=2.0)
+
+
+def test_a_resumed_run_takes_the_new_peak_rate_and_schedule_from_its_config(tmp_path):
+    # the first part annealed to 0; the second raises the peak and decays again from step 6
+    run_toy(toy_config(steps=4, lr=0.1, lr_decay="linear", lr_decay_start=0), tmp_path)
+    run_toy(toy_config(steps=8, lr=0.2, lr_decay="linear", lr_decay_start=6, weight_decay=0.01), tmp_path,
+            resume=True)
+    lrs = [r["lr"] for r in logs(tmp_path) if "lr" in r]
+    assert lrs == pytest.approx([0.1, 0.075, 0.05, 0.025] + [0.2, 0.2, 0.2, 0.1])
+
+
+def test_resumed_optimiser_settings_come_from_the_config():
+    from unclip.training.loop import apply_training_settings, lr_factor
+
+    def optimiser(tc):  # as the loop builds them, before the checkpoint's states are loaded
+        opt = torch.optim.AdamW([weight], lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tc))
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    opt, scheduler = optimiser(TrainingConfig(steps=10, lr=0.1))
+    for _ in range(3):
+        opt.step()
+        scheduler.step()
+    new = TrainingConfig(steps=10, lr=0.3, adam_beta2=0.95, weight_decay=0.05, lr_decay="cosine", lr_decay_start=3)
+    resumed, resumed_scheduler = optimiser(new)
+    resumed.load_state_dict(opt.state_dict())
+    resumed_scheduler.load_state_dict(scheduler.state_dict())
+    apply_training_settings(resumed, resumed_scheduler, new)
+    group = resumed.param_groups[0]
+    assert (group["lr"], group["initial_lr"], group["betas"], group["weight_decay"]) == (0.3, 0.3, (0.9, 0.95), 0.05)
+    resumed.step()
+    resumed_scheduler.step()  # one of the seven steps of the cosine from step 3 to 10
+    assert group["lr"] == pytest.approx(0.3 * 0.5 * (1 + math.cos(math.pi / 7)))

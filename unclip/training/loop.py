@@ -206,6 +206,8 @@ class _Run:
             sharded.load_state(accelerator, state.folder, self.ema.model, slices=layout == sharded.ZERO3)
             ckpt.load_scheduler(state, self.scheduler)
             self.ema.updates = state.ema_updates
+        if state is not None:
+            apply_training_settings(self.optimizer, self.scheduler, tc)
 
     def loop(self, progress: bool) -> Path:
         tc, accelerator, main = self.tc, self.accelerator, self.accelerator.is_main_process
@@ -222,7 +224,7 @@ class _Run:
         self.call.wrapped.train()
         self.clock = (time.perf_counter(), self.start)
         for step in range(self.start + 1, tc.steps + 1):
-            lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             logs = optimisation_step(self.task, self.call, batches, self.optimizer, accelerator, tc, step)
             self.scheduler.step()
             if self.task.after_step is not None:
@@ -390,6 +392,19 @@ def lr_factor(tc: TrainingConfig):
         return warm * (tc.lr_final + (1.0 - tc.lr_final) * left)
 
     return factor
+
+
+def apply_training_settings(optimizer, scheduler, tc: TrainingConfig) -> None:
+    """A resumed run trains with the config's optimiser settings, not the checkpoint's: the restored
+    state carries the old peak rate (base_lrs, initial_lr), betas, eps and weight decay, and the rate
+    of the old schedule for the next step. Set them from ``tc``; the schedule's position is kept."""
+    for group in optimizer.param_groups:
+        group.update(initial_lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
+                     weight_decay=tc.weight_decay)
+    scheduler.base_lrs = [tc.lr] * len(optimizer.param_groups)
+    rate = tc.lr * lr_factor(tc)(scheduler.last_epoch)  # the rate the next step uses
+    for group in optimizer.param_groups:
+        group["lr"] = rate
 
 
 def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
