@@ -112,6 +112,56 @@ def test_bad_arguments_exit_2_with_one_line(capsys, tiny_pipeline_dir, photos, a
     assert len(lines) == 1 and lines[0].startswith(f"unclip {argv[0]}: error: ") and message in lines[0]
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "a red circle", "--device", "gpu"], "--device: 'gpu' is not a torch device"),
+    (["generate", "a red circle", "--device", "cuda"], "--device: cuda asked for, but CUDA is not available here"),
+    (["generate", "a red circle", "--out", "{file}"], "--out: {file} is a file, not a folder"),
+    (["vary", "{picture}", "--out", "{file}/images"],
+     "--out: {file} is a file, not a folder, so {file}/images cannot be created"),
+    (["interpolate", "{picture}", "{picture}", "--duration", "700000"],
+     "--duration: expected 0..655350 milliseconds per frame, got 700000"),
+])
+def test_a_bad_device_output_folder_or_duration_is_refused_before_loading(capsys, monkeypatch, tiny_pipeline_dir,
+                                                                          tmp_path, argv, message):
+    """Mistakes that used to surface as tracebacks after sampling (or loading) are one line before
+    the pipeline loads; CUDA is made unavailable so that the cuda case holds on any machine."""
+    import torch
+
+    from unclip.pipeline import UnCLIPPipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded")
+
+    monkeypatch.setattr(UnCLIPPipeline, "from_pretrained", never)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    file, picture = tmp_path / "taken", tmp_path / "picture.png"
+    file.write_text("a file, not a folder")
+    Image.new("RGB", (32, 32), "red").save(picture)
+    names = {"file": file, "picture": picture}
+    code, lines, err = run_cli(capsys, *[a.format(**names) for a in argv], "--quiet", "--checkpoint",
+                               tiny_pipeline_dir)
+    assert code == 2 and lines == []
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"unclip {argv[0]}: error: {message.format(**names)}")
+
+
+def test_stage_names_win_over_the_upsampler_alias_and_bare_values_whatever_the_order(tiny_pipeline):
+    """--steps 10 upsampler=1 runs the upsamplers 1 step; upsampler_256=3 wins over upsampler=1."""
+    from unclip.cli import build_parser
+    from unclip.cli.common import sampling_options
+    from unclip.config import GUIDED_STAGES, SAMPLED_STAGES
+
+    def steps(*values):
+        args = build_parser("generate").parse_args(["generate", "a red circle", "--steps", *values])
+        plan = tiny_pipeline.plan(SAMPLED_STAGES, sampling_options(args, guided=GUIDED_STAGES))
+        return [plan[stage].steps for stage in SAMPLED_STAGES]  # prior, decoder, upsampler_256, upsampler_1024
+
+    assert steps("10", "upsampler=1") == [10, 10, 1, 1]
+    assert steps("upsampler=1", "10") == [10, 10, 1, 1]
+    assert steps("upsampler_256=3", "upsampler=1", "10") == [10, 10, 3, 1]
+    assert steps("10", "upsampler=1", "upsampler_1024=4", "decoder=2") == [10, 2, 1, 4]
+
+
 def test_missing_checkpoints_are_explained(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("UNCLIP_CHECKPOINT", str(tmp_path / "none"))
     code = main(["generate", "a red circle"])

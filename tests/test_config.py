@@ -77,6 +77,16 @@ def test_overrides_are_typed_like_file_keys():
         load_stage_config(path, ["training.steps"])
 
 
+def test_yaml_syntax_errors_name_the_override_or_the_file(tmp_path):
+    path = Path(__file__).parents[1] / "configs/tiny/decoder.yaml"
+    with pytest.raises(ConfigError, match=r"override 'data.path=\*.tar': not valid YAML .*quote a value"):
+        load_stage_config(path, ["data.path=*.tar"])  # * starts a YAML alias
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stage: decoder\ntraining:\n  steps: 3\n lr: 0.1\n")
+    with pytest.raises(ConfigError, match=f"{broken}: not valid YAML"):
+        load_stage_config(broken)
+
+
 def test_exponent_floats_without_a_dot_are_floats():
     """YAML 1.1 reads `3e-4` as a string; a float field takes it as 0.0003, a word stays an error."""
     path = Path(__file__).parents[1] / "configs/tiny/decoder.yaml"

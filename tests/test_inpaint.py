@@ -63,6 +63,8 @@ def test_output_side_other_than_the_inputs_keeps_the_resized_original(tiny_pipel
     ("mask_without_alpha", "mask: it has no alpha channel"),
     ("not_square", "image: the image is 96×64"),
     ("negative_resample", "resample"),
+    ("opaque_image", r"image: no fully transparent \(alpha 0\) pixels: nothing to regenerate"),
+    ("opaque_mask", r"mask: no fully transparent \(alpha 0\) pixels: nothing to regenerate"),
 ])
 def test_bad_edits_are_refused(tiny_pipeline, case, message):
     image, _ = photo_with_hole(64)
@@ -75,6 +77,10 @@ def test_bad_edits_are_refused(tiny_pipeline, case, message):
         kwargs["mask"] = Image.new("RGB", (64, 64))
     elif case == "not_square":
         image = Image.new("RGBA", (96, 64))
+    elif case == "opaque_image":  # alpha, but no pixel at 0: the edit would return the original
+        image = Image.new("RGBA", (64, 64), (10, 20, 30, 255))
+    elif case == "opaque_mask":
+        kwargs["mask"] = Image.new("RGBA", (64, 64), (0, 0, 0, 1))
     else:
         kwargs["resample"] = -1
     with pytest.raises(ValueError, match=message):

@@ -66,10 +66,12 @@ def test_edit_with_a_mask_uses_the_masks_alpha(tmp_path):
     ("missing", "image: cannot read"),
     ("not a png", "image: cannot read"),
     ("empty prompt", "prompt: the prompt is empty"),
+    ("opaque", "image: no fully transparent (alpha 0) pixels: nothing to regenerate"),
 ])
 def test_edit_refuses_bad_input_in_one_line(tmp_path, capsys, case, message):
     picture_with_hole(tmp_path / "hole.png")
     Image.new("RGB", (40, 40)).save(tmp_path / "rgb.png")
+    Image.new("RGBA", (40, 40), (10, 20, 30, 1)).save(tmp_path / "opaque.png")  # alpha, but never 0
     Image.new("RGBA", (40, 20)).save(tmp_path / "wide.png")
     Image.new("RGBA", (20, 20)).save(tmp_path / "small_mask.png")
     (tmp_path / "text.png").write_text("not an image")
@@ -78,7 +80,8 @@ def test_edit_refuses_bad_input_in_one_line(tmp_path, capsys, case, message):
             "mask size": [str(tmp_path / "hole.png"), "a circle", "--mask", str(tmp_path / "small_mask.png")],
             "missing": [str(tmp_path / "nowhere.png"), "a circle"],
             "not a png": [str(tmp_path / "text.png"), "a circle"],
-            "empty prompt": [str(tmp_path / "hole.png"), "  "]}[case]
+            "empty prompt": [str(tmp_path / "hole.png"), "  "],
+            "opaque": [str(tmp_path / "opaque.png"), "a circle"]}[case]
     assert main(["edit", *args, "--out", str(tmp_path / "out"), *TINY]) == 2
     err = capsys.readouterr().err
     assert err.startswith("unclip edit: error: ") and message in err and err.count("\n") == 1
@@ -257,6 +260,57 @@ def test_outpaint_from_python_conditions_each_window_on_what_is_there(tiny_pipel
     there = tiny_pipeline.clip.encode_image([Image.fromarray(window)])[0]
     torch.testing.assert_close(seen[0], there, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(seen[0], seen[1])
+
+
+def test_outpaint_windows_are_at_least_the_decoders_side(tiny_pipeline, monkeypatch):
+    """An 8-pixel image grown to 32 is filled by one window of the decoder's side (32 in the tiny
+    cascade), not by dozens of 8-pixel ones."""
+    import unclip.pipeline.outpaint as outpaint
+
+    sides = []
+
+    def blank_window(pipe, image, prompt, options, **kwargs):
+        sides.append(image.size)
+        return [Image.new("RGB", image.size)]
+
+    monkeypatch.setattr(outpaint, "inpaint", blank_window)
+    result = tiny_pipeline.outpaint(Image.new("RGB", (8, 8), "red"), "a star", left=12, right=12, top=12, bottom=12,
+                                    steps=1, seed=0, progress=False)
+    assert result.size == (32, 32) and sides == [(32, 32)]
+
+
+def test_outpaint_refuses_a_canvas_of_too_many_windows_before_sampling(tiny_pipeline, monkeypatch):
+    import unclip.pipeline.outpaint as outpaint
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before refusing")
+
+    monkeypatch.setattr(outpaint, "sample_prior", never)
+    monkeypatch.setattr(outpaint, "inpaint", never)
+    with pytest.raises(ValueError, match="expand: a 8×8 image grown to 2056×2056 needs 16384 windows of 32 px, "
+                                         "more than 64"):
+        tiny_pipeline.outpaint(Image.new("RGB", (8, 8)), "a star", left=1024, right=1024, top=1024, bottom=1024,
+                               steps=1, progress=False)
+
+
+def test_the_server_refuses_an_outpaint_of_too_many_windows_with_a_400_on_expand(tiny_pipeline):
+    testclient = pytest.importorskip("fastapi.testclient")
+    from unclip.server import create_app
+
+    app = create_app(tiny_pipeline, steps=1)
+
+    def never(tasks):
+        raise RuntimeError("the outpaint was queued instead of refused")
+
+    app.state.worker.outpaint = never
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    with testclient.TestClient(app) as client:
+        response = client.post("/v1/images/outpaint", files={"image": ("a.png", png.getvalue(), "image/png")},
+                               data={"prompt": "a circle", "expand": "1024"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "expand" and "more than 64" in error["message"]
 
 
 def test_the_server_outpaints_and_keeps_the_original(tiny_pipeline):

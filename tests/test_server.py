@@ -99,6 +99,14 @@ def test_image_files_expire(tmp_path):
     assert store.sweep() == 1 and not (tmp_path / name).exists()
 
 
+def test_an_image_store_on_a_file_says_so(tmp_path):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with pytest.raises(ValueError, match="image_dir: .*taken is a file, not a folder"):
+        ImageStore(tmp_path / "taken")
+    with pytest.raises(ValueError, match="image_dir: cannot create the folder"):
+        ImageStore(tmp_path / "taken" / "images")
+
+
 def test_edit_keeps_the_unmasked_pixels(client):
     image = noise_image(256, seed=1)
     alpha = np.full((256, 256), 255, np.uint8)
@@ -243,6 +251,7 @@ def form_cases():
     hole = {"image": _hole(64)}
     mask_hole = {"image": _png(64), "mask": _hole(64)}
     truncated = _png(64)[:200]
+    opaque = png_bytes(Image.new("RGBA", (64, 64), (200, 40, 40, 255)))  # alpha, but nothing to regenerate
     return [
         # (name, endpoint, files, fields, param)
         ("edit: missing image", "edits", {}, {"prompt": PROMPT}, "image"),
@@ -257,6 +266,9 @@ def form_cases():
         ("edit: mask not a PNG", "edits", {"image": _png(64), "mask": _jpeg()}, {"prompt": PROMPT}, "mask"),
         ("edit: mask without alpha", "edits", {"image": _png(64), "mask": _png(64)}, {"prompt": PROMPT}, "mask"),
         ("edit: RGB image, no mask", "edits", ok, {"prompt": PROMPT}, "image"),
+        ("edit: no transparent pixel in the image", "edits", {"image": opaque}, {"prompt": PROMPT}, "image"),
+        ("edit: no transparent pixel in the mask", "edits", {"image": _png(64), "mask": opaque}, {"prompt": PROMPT},
+         "mask"),
         ("edit: n out of range", "edits", mask_hole, {"prompt": PROMPT, "n": "11"}, "n"),
         ("edit: n not a number", "edits", mask_hole, {"prompt": PROMPT, "n": "two"}, "n"),
         ("edit: unknown size", "edits", mask_hole, {"prompt": PROMPT, "size": "300x300"}, "size"),
@@ -337,6 +349,54 @@ def test_a_server_fault_is_a_500_without_traceback_and_not_retried(tiny_pipeline
     assert response.headers["x-should-retry"] == "false"  # the openai client would repeat it otherwise
     error = response.json()["error"]
     assert error["type"] == "server_error" and "CUDA" not in error["message"] and "Traceback" not in response.text
+
+
+class CountingPipeline:
+    """Stands in for the pipeline: records how many images each call asks for, makes blank ones."""
+
+    sizes, decoder = [32], object()
+
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []
+
+    def made(self, kind: str, count: int) -> list[Image.Image]:
+        self.calls.append((kind, count))
+        return [Image.new("RGB", (32, 32))] * count
+
+    def generate(self, prompts, n, options):
+        return self.made("generate", len(prompts) * n)
+
+    def inpaint(self, image, prompt, options, *, n, **kwargs):
+        return self.made("edit", n)
+
+    def variations(self, image, n, options, eta):
+        return self.made("vary", n)
+
+    def interpolate(self, image_a, image_b, frames, options):
+        return self.made("interpolate", frames)
+
+
+def test_max_batch_bounds_every_pipeline_call_even_within_one_request(tiny_pipeline, tmp_path):
+    """A request's n above max_batch is split into pipeline calls of at most max_batch images;
+    interpolation frames (one slerp, at most 16) stay in one call."""
+    from unclip.server.params import Common
+    from unclip.server.work import Delivery, EditTask, GenerateTask, InterpolateTask, VaryTask, Worker
+
+    pipe = CountingPipeline()
+    worker = Worker(pipe, ImageStore(tmp_path), max_batch=3)
+
+    def delivery(n):
+        return Delivery(Common(MODEL, n, 256, "b64_json"), "http://x/")
+
+    image = Image.new("RGBA", (32, 32))
+    results = worker.generate([GenerateTask("a", delivery(7)), GenerateTask("b", delivery(1))])
+    assert [len(r.data) for r in results] == [7, 1]
+    assert [len(r.data) for r in worker.edit([EditTask("a", image, None, delivery(4))])] == [4]
+    assert [len(r.data) for r in worker.vary([VaryTask(image, delivery(5))])] == [5]
+    assert [len(r.data) for r in worker.interpolate([InterpolateTask(image, image, delivery(8))])] == [8]
+    assert pipe.calls == [("generate", 3), ("generate", 3), ("generate", 2), ("edit", 3), ("edit", 1),
+                          ("vary", 3), ("vary", 2), ("interpolate", 8)]
+    assert create_app(tiny_pipeline, steps=1, model_name=MODEL, max_batch=3).state.worker.max_batch == 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,6 +535,26 @@ def test_unclip_serve_command_prints_its_url_and_serves(tiny_pipeline_dir):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--port", "70000"], "--port: expected 0..65535 (0 picks a free one), got 70000"),
+    (["--port", "-1"], "--port: expected 0..65535 (0 picks a free one), got -1"),
+    (["--image-dir", "{file}"], "--image-dir: {file} is a file, not a folder"),
+])
+def test_unclip_serve_refuses_a_bad_port_or_image_dir_before_loading(capsys, monkeypatch, tiny_pipeline_dir,
+                                                                      tmp_path, flags, message):
+    from unclip.cli import common, main
+
+    def never(args):
+        raise AssertionError("the pipeline was loaded")
+
+    monkeypatch.setattr(common, "load_pipeline", never)
+    file = tmp_path / "taken"
+    file.write_text("a file, not a folder")
+    code = main(["serve", "--checkpoint", str(tiny_pipeline_dir), *[f.format(file=file) for f in flags]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [f"unclip serve: error: {message.format(file=file)}"]
 
 
 # ----------------------------------------------------------------------------------------------

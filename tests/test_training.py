@@ -84,7 +84,7 @@ def test_loop_writes_checkpoints_logs_and_the_ema_export(tmp_path):
     assert (root / "latest").read_text() == "step_000004"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000002", "step_000004"]
     state = json.loads((root / "step_000004" / "state.json").read_text())
-    assert state == {"step": 4, "ema_updates": 4, "written_by": 0, "engine": False}
+    assert state == {"step": 4, "samples": 16, "ema_updates": 4, "written_by": 0, "engine": False}
     model = load_file(str(root / "step_000004" / "model.safetensors"))
     ema = load_file(str(root / "step_000004" / "ema.safetensors"))
     exported = load_file(str(export / "toy.safetensors"))
@@ -183,6 +183,8 @@ def test_existing_run_needs_resume_and_a_matching_config(tmp_path):
     changed.clip.text_layers = 3
     with pytest.raises(ValueError, match=r"clip\.text_layers \(checkpoint 2, now 3\)"):
         run_toy(changed, tmp_path, resume=True)
+    with pytest.raises(ValueError, match=r"training\.clip_checkpoint \(checkpoint None, now 'other/clip': the frozen"):
+        run_toy(toy_config(steps=4, clip_checkpoint="other/clip"), tmp_path, resume=True)
     run_toy(toy_config(steps=4, lr=0.01), tmp_path, resume=True)  # training settings may change
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000004"
 
@@ -249,12 +251,12 @@ class Plain(IterableDataset):  # an iterable without item(i): read in order, res
 def test_batch_stream_resumes_exactly_and_splits_processes():
     data = toy_data(10)
     full = _captions(batch_stream(data, 3, seed=1), 8)  # 24 samples: crosses two epochs of 10
-    assert _captions(batch_stream(data, 3, seed=1, start_batch=5), 3) == full[15:]
+    assert _captions(batch_stream(data, 3, seed=1, start_sample=15), 3) == full[15:]
     assert sorted(full[:10]) == sorted(d["caption"] for d in data)  # an epoch is a permutation
     ranks = [_captions(batch_stream(data, 5, seed=1, rank=r, world_size=2), 1) for r in (0, 1)]
     assert sorted(ranks[0] + ranks[1]) == sorted(d["caption"] for d in data)
     plain = _captions(batch_stream(Plain(), 3), 6)
-    assert _captions(batch_stream(Plain(), 3, start_batch=4), 2) == plain[10:]  # batches of 3, 3, 3, 1, …
+    assert _captions(batch_stream(Plain(), 3, start_sample=12), 2) == plain[10:]  # batches of 3, 3, 3, 1, …
 
 
 def test_batches_are_pinned_only_for_a_gpu(tmp_path, monkeypatch):
@@ -274,7 +276,7 @@ def test_batch_stream_of_the_shapes_set_is_independent_of_workers():
     data = ShapesDataset(resolution=8, seed=3)
     order = _captions(batch_stream(data, 2), 4)
     assert order == [data.item(i)["caption"] for i in range(8)]
-    assert _captions(batch_stream(data, 2, start_batch=3), 1) == order[6:]
+    assert _captions(batch_stream(data, 2, start_sample=6), 1) == order[6:]
     assert _captions(batch_stream(data, 2, num_workers=2), 4) == order
 
 
@@ -388,6 +390,16 @@ def test_train_refuses_a_config_of_another_stage(tmp_path, capsys):
     assert "configures the decoder stage, not prior" in capsys.readouterr().err
 
 
+def test_train_names_a_missing_data_path_and_an_output_that_is_a_file(tmp_path, capsys):
+    decoder = str(ROOT / "configs/tiny/decoder.yaml")
+    assert cli("train", "decoder", "--config", decoder, "--output", str(tmp_path / "run"), "data.kind=emoji") == 2
+    assert "data.kind=emoji needs data.path" in capsys.readouterr().err
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    assert cli("train", "decoder", "--config", decoder, "--output", str(taken)) == 2
+    assert f"--output {taken} is a file" in capsys.readouterr().err and taken.read_text() == "mine"
+
+
 def test_an_upsampler_trains_on_native_low_res_renders_of_its_own_side_only(tmp_path, capsys):
     config = str(ROOT / "configs/tiny/upsampler_256.yaml")
     assert cli("train", "upsampler", "--config", config, "--output", str(tmp_path / "bad"), "--no-progress",
@@ -486,3 +498,21 @@ def test_resumed_optimiser_settings_come_from_the_config():
     resumed.step()
     resumed_scheduler.step()  # one of the seven steps of the cosine from step 3 to 10
     assert group["lr"] == pytest.approx(0.3 * 0.5 * (1 + math.cos(math.pi / 7)))
+
+
+def test_a_resume_with_another_batch_size_continues_at_the_samples_consumed(tmp_path):
+    def recording(captions):
+        def loss(model, batch):
+            captions.extend(batch["caption"])
+            return {"loss": ((model(batch["x"]) - batch["y"]) ** 2).mean()}
+        return loss
+
+    whole, parts = [], []
+    run_toy(toy_config(steps=4, batch_size=2, grad_accum=2, checkpoint_every=100), tmp_path / "whole",
+            build=toy_build(loss=recording(whole)))  # 16 samples of the 32: half an epoch
+    run_toy(toy_config(steps=2, batch_size=2, grad_accum=2), tmp_path / "parts", build=toy_build(loss=recording(parts)))
+    state = json.loads((tmp_path / "parts" / "checkpoints" / "step_000002" / "state.json").read_text())
+    assert state["samples"] == 8
+    run_toy(toy_config(steps=3, batch_size=8), tmp_path / "parts", build=toy_build(loss=recording(parts)),
+            resume=True)  # one step of 8 samples: the 8 an uninterrupted run would have read next
+    assert parts == whole

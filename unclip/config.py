@@ -440,8 +440,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: '{p}' is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _yaml(raw, f"override {item!r}")
     return data
+
+
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        reason = " ".join(str(e).split())
+        raise ConfigError(f"{where}: not valid YAML ({reason}); quote a value that starts with *, &, !, % or @") from None
 
 
 def load_stage_config(path: str | Path, overrides: list[str] | None = None) -> StageConfig:
@@ -449,7 +457,7 @@ def load_stage_config(path: str | Path, overrides: list[str] | None = None) -> S
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _yaml(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     apply_overrides(data, overrides or [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -121,14 +122,19 @@ def stage_value(cast):
 
 
 def stage_values(items: list[tuple[str | None, object]] | None, bare_stages: tuple[str, ...]):
-    """Per-stage dict from ``--steps``-style items; a bare value applies to ``bare_stages``."""
+    """Per-stage dict from ``--steps``-style items; a bare value applies to ``bare_stages``,
+    ``upsampler=V`` to both upsamplers. Whatever the order, ``upsampler=V`` wins over a bare value
+    and an exact ``STAGE=V`` over both."""
     if not items:
         return None
     values: dict[str, object] = {}
-    for stage, value in items:  # bare values first, so that STAGE=… wins whatever the order
+    for stage, value in items:
         if stage is None:
             values.update({s: value for s in bare_stages})
-    values.update({stage: value for stage, value in items if stage is not None})
+    for stage, value in items:
+        if stage == UPSAMPLER:
+            values.update({s: value for s in UPSAMPLERS})
+    values.update({stage: value for stage, value in items if stage not in (None, UPSAMPLER)})
     return values
 
 
@@ -165,13 +171,15 @@ def write_images(images, out: Path, stem: str, grid: str | None = None, columns:
 
 
 def load_pipeline(args: argparse.Namespace):
-    """The pipeline named by --checkpoint / --random-from, else the default checkpoint."""
-    import torch
-
+    """The pipeline named by --checkpoint / --random-from, else the default checkpoint. --device
+    and the command's --out folder (where it has one) are checked first, so that a mistake there
+    is said before anything loads or samples."""
     from unclip.pipeline import UnCLIPPipeline, default_checkpoint
     from unclip.pipeline.folder import random_parts
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
+    if getattr(args, "out", None) is not None:
+        check_folder(args.out, "--out")
     if args.random_from:
         pipe = UnCLIPPipeline(**vars(random_parts(args.random_from, seed=0, prior=args.prior))).to(device)
         print(f"note: random weights built from {args.random_from} (nothing trained): the images are noise; "
@@ -185,6 +193,38 @@ def load_pipeline(args: argparse.Namespace):
                          "--checkpoint PATH (a pipeline folder, e.g. training exports copied together), set "
                          "UNCLIP_CHECKPOINT, or try the command on random weights with --random-from configs/tiny")
     return UnCLIPPipeline.from_pretrained(path, device=device, prior=args.prior)
+
+
+def pick_device(name: str | None):
+    """The torch device ``--device`` names (default: cuda when available, else cpu); a ValueError
+    naming --device when torch does not know it or this machine does not have it."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device: {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {name} asked for, but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device: {name} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                         "device(s)")
+    return device
+
+
+def check_folder(path: Path, flag: str) -> None:
+    """Refuse, before anything loads, an output folder that cannot be made or written: a file in
+    its place or above it, or no write permission (it is created when the images are written)."""
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+    if existing is None:  # not even the working folder exists: mkdir will say so
+        return
+    if not existing.is_dir():
+        where = "" if existing == path else f", so {path} cannot be created"
+        raise ValueError(f"{flag}: {existing} is a file, not a folder{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: cannot write in {existing} (permission denied)")
 
 
 def slug(text: str, limit: int = 40) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from unclip.cli import common
 
+MAX_GIF_DURATION_MS = 655350  # a GIF stores a frame's delay in 16 bits of hundredths of a second
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image_a", help="the first square image")
@@ -16,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", default="fixed", choices=("fixed", "slerp", "inverted"),
                         help="decoder noise: one fixed x_T, a slerp of two random ones, or a slerp of both "
                              "images' inverted x_T (the ends then reconstruct the images)")
-    parser.add_argument("--duration", type=int, default=150, help="GIF milliseconds per frame (default 150)")
+    parser.add_argument("--duration", type=int, default=150,
+                        help=f"GIF milliseconds per frame, 0..{MAX_GIF_DURATION_MS} (default 150)")
     common.add_sampling_arguments(parser, guidance_stages="decoder (default: the checkpoint's; 1 with "
                                   "--noise inverted)")
     common.add_pipeline_arguments(parser)
@@ -27,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from unclip.pipeline.inputs import check_count, load_image
 
     check_count("--frames", args.frames, minimum=2)
+    if not 0 <= args.duration <= MAX_GIF_DURATION_MS:
+        raise ValueError(f"--duration: expected 0..{MAX_GIF_DURATION_MS} milliseconds per frame, got {args.duration}")
     image_a, image_b = load_image(args.image_a, "image_a"), load_image(args.image_b, "image_b")
     options = common.sampling_options(args, guided=(Stage.decoder,))
     frames = common.load_pipeline(args).interpolate(image_a, image_b, args.frames, options, noise=args.noise)

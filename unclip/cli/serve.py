@@ -47,8 +47,12 @@ def run(args: argparse.Namespace) -> int:
     from unclip.pipeline.inputs import check_count
     from unclip.safety import Blocklist
 
-    check_count("--max-queue", args.max_queue)
+    check_count("--max-queue", args.max_queue)  # cheap checks before loading anything
     check_count("--max-batch", args.max_batch)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port: expected 0..65535 (0 picks a free one), got {args.port}")
+    if args.image_dir is not None:
+        common.check_folder(args.image_dir, "--image-dir")
     prompt_filter = Blocklist.from_file(args.blocklist) if args.blocklist else None
     pipe = common.load_pipeline(args)
     if args.compile:

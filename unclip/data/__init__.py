@@ -28,7 +28,7 @@ from unclip.data.webdataset import ShardDataset
 AnyDataset = Dataset | IterableDataset
 
 
-def _require_path(cfg: DataConfig, what: str) -> str:
+def require_path(cfg: DataConfig, what: str) -> str:
     if not cfg.path:
         raise ValueError(f"data.kind={cfg.kind.value} needs data.path: {what}")
     return cfg.path
@@ -46,21 +46,21 @@ def _openmoji(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
 
 
 def _folder(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
-    path = _require_path(cfg, "a folder of images with a .txt caption beside each")
+    path = require_path(cfg, "a folder of images with a .txt caption beside each")
     return FolderDataset(path, cfg.resolution, seed=cfg.seed, rank=rank, world_size=world_size)
 
 
 def _webdataset(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
-    path = _require_path(cfg, "tar shards as a glob or brace range, e.g. data/{00000..00099}.tar")
+    path = require_path(cfg, "tar shards as a glob or brace range, e.g. data/{00000..00099}.tar")
     return ShardDataset(path, cfg.resolution, seed=cfg.seed, rank=rank, world_size=world_size)
 
 
 def _emoji(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
-    return EmojiDataset(_require_path(cfg, "a folder written by `unclip data emoji`"), cfg.resolution)
+    return EmojiDataset(require_path(cfg, "a folder written by `unclip data emoji`"), cfg.resolution)
 
 
 def _embeddings(cfg: DataConfig, rank: int, world_size: int) -> AnyDataset:
-    return EmbeddingsDataset(_require_path(cfg, "a folder written by `unclip embed`"), seed=cfg.seed)
+    return EmbeddingsDataset(require_path(cfg, "a folder written by `unclip embed`"), seed=cfg.seed)
 
 
 BUILDERS: dict[DatasetKind, Callable[[DataConfig, int, int], AnyDataset]] = {

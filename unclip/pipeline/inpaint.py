@@ -46,7 +46,8 @@ class KnownPixels:
 
 def keep_mask(image: Image.Image, mask: Image.Image | None = None) -> Image.Image:
     """The keep mask (mode "L", 255 = keep) of an edit: pixels whose alpha in ``mask`` (or, with no
-    mask, in ``image``) is exactly 0 are regenerated, all others kept (OpenAI's edit semantics)."""
+    mask, in ``image``) is exactly 0 are regenerated, all others kept (OpenAI's edit semantics). An
+    alpha with no 0 anywhere is refused: the edit would return the original."""
     source, name = (image, "image") if mask is None else (mask, "mask")
     if mask is not None and mask.size != image.size:
         raise ValueError(f"mask: mask and image must have the same dimensions, got {mask.size[0]}x{mask.size[1]} "
@@ -56,6 +57,8 @@ def keep_mask(image: Image.Image, mask: Image.Image | None = None) -> Image.Imag
         raise ValueError(f"{name}: it has no alpha channel (mode {source.mode}), so nothing marks the pixels to "
                          f"regenerate{hint}")
     alpha = source.convert("RGBA").getchannel("A")
+    if alpha.getextrema()[0] > 0:
+        raise ValueError(f"{name}: no fully transparent (alpha 0) pixels: nothing to regenerate")
     return alpha.point(lambda a: KEEP if a > 0 else REGENERATE)
 
 

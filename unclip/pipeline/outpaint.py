@@ -1,13 +1,14 @@
 """Outpainting, DALL·E 2's "expand beyond the canvas": the canvas grows by the given margins and
 the new area is filled by inpainting (``inpaint.inpaint``) in overlapping square windows.
 
-Windows are as large as the original's longer side (at most the canvas), placed on a grid with
-half a window of overlap and filled nearest-first, so each one sees the original and what the
-windows before it drew as known pixels. Each is decoded from z = slerp(z_prompt, z_there, context):
-z_prompt is the prior's sample for the prompt (one for the whole canvas), z_there the CLIP
-embedding of what the window already shows (its unknown pixels painted with the known ones' mean
-colour), so that the fill follows both the prompt and the picture and seams do not show. The
-original's pixels are kept exactly.
+Windows are as large as the original's longer side, at least the decoder's side and at most the
+canvas's shorter side, placed on a grid with half a window of overlap and filled nearest-first, so
+each one sees the original and what the windows before it drew as known pixels. Each window is a
+whole inpainting run, so a canvas that needs more than ``MAX_WINDOWS`` is refused up front.
+Each is decoded from z = slerp(z_prompt, z_there, context): z_prompt is the prior's sample for the
+prompt (one for the whole canvas), z_there the CLIP embedding of what the window already shows (its
+unknown pixels painted with the known ones' mean colour), so that the fill follows both the prompt
+and the picture and seams do not show. The original's pixels are kept exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from unclip.pipeline.plan import SamplingOptions, make_plan
 from unclip.pipeline.sampling import sample_prior
 
 MAX_MARGIN = 4096  # pixels per side: beyond this a canvas would not fit in memory
+MAX_WINDOWS = 64  # windows per outpainted image: each one runs the whole inpainting cascade
 
 
 @dataclass(frozen=True)
@@ -46,16 +48,31 @@ class Margins:
             raise ValueError("margins: nothing to outpaint; give at least one side a margin")
 
 
+def window_starts(length: int, side: int) -> list[int]:
+    """Where ``side``-long windows start along ``length`` pixels, with half a window of overlap."""
+    stride = max(1, side // 2)
+    return sorted({*range(0, length - side + 1, stride), length - side})
+
+
 def window_origins(width: int, height: int, side: int, centre: tuple[float, float]) -> list[tuple[int, int]]:
     """Top-left corners of ``side``-square windows covering a ``width`` × ``height`` canvas with half
     a window of overlap, nearest to ``centre`` (x, y) first."""
-
-    def starts(length: int) -> list[int]:
-        stride = max(1, side // 2)
-        return sorted({*range(0, length - side + 1, stride), length - side})
-
-    corners = [(x, y) for y in starts(height) for x in starts(width)]
+    corners = [(x, y) for y in window_starts(height, side) for x in window_starts(width, side)]
     return sorted(corners, key=lambda c: (c[0] + side / 2 - centre[0]) ** 2 + (c[1] + side / 2 - centre[1]) ** 2)
+
+
+def window_side(image_size: tuple[int, int], margins: Margins, base: int) -> int:
+    """The side of an outpaint's square windows: the image's longer side, at least ``base`` (the
+    decoder's side), at most the grown canvas's shorter side. A ValueError naming ``expand`` when
+    the canvas would need more than ``MAX_WINDOWS`` windows."""
+    w, h = image_size
+    width, height = w + margins.left + margins.right, h + margins.top + margins.bottom
+    side = min(width, height, max(w, h, base))
+    count = len(window_starts(width, side)) * len(window_starts(height, side))
+    if count > MAX_WINDOWS:
+        raise ValueError(f"expand: a {w}×{h} image grown to {width}×{height} needs {count} windows of {side} px, "
+                         f"more than {MAX_WINDOWS}; add fewer pixels or start from a larger image")
+    return side
 
 
 @torch.no_grad()
@@ -69,6 +86,7 @@ def outpaint(pipe, image: Image.Image, prompt: str, options: SamplingOptions, *,
         raise ValueError(f"context: expected a number in [0, 1], got {context!r}")
     pipe.require(Stage.prior, "outpaint")
     pipe.require(Stage.decoder, "outpaint")
+    side = window_side(image.size, margins, pipe.sizes[0])  # too many windows: refused before sampling
     original = np.asarray(image.convert("RGB"))
     h, w = original.shape[:2]
     width, height = w + margins.left + margins.right, h + margins.top + margins.bottom
@@ -81,7 +99,6 @@ def outpaint(pipe, image: Image.Image, prompt: str, options: SamplingOptions, *,
     with options.autocast(pipe.device):
         run = make_plan(pipe.sampling, [Stage.prior], options)[Stage.prior]
         z_prompt = sample_prior(pipe, pipe.clip.encode_text([prompt]), run, g, progress=options.progress)[0]
-        side = min(width, height, max(w, h))
         for x, y in window_origins(width, height, side, (margins.left + w / 2, margins.top + h / 2)):
             window = (slice(y, y + side), slice(x, x + side))
             have = known[window]

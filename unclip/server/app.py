@@ -49,19 +49,19 @@ def create_app(pipeline: UnCLIPPipeline, *, api_key: str | None = None, max_queu
     ``api_key``: required as ``Authorization: Bearer`` on ``/v1`` when set. ``max_queue``: requests
     in the server at once (429 beyond). ``image_ttl_s``: lifetime of the URL images. ``model_name``:
     the served checkpoint's name (``dall-e-2`` is accepted as an alias). ``steps``: sampling steps
-    for every stage or ``{stage: steps}`` (default: the pipeline's). ``max_batch``: images per batch
-    of compatible generations. ``eta``: DDIM eta of variations. ``resample``: RePaint resampling of
-    edits. ``image_dir``: where URL images live (default: a temporary folder). ``public_url``: the
-    base of the returned URLs (default: the request's own host). ``prompt_filter``: flagged prompts
-    are answered 400 with code ``content_policy_violation`` (default: none). ``watermark``: DALL·E
-    2's signature on every image. ``precision``: as ``SamplingOptions.precision`` (``unclip serve``
-    passes "auto").
+    for every stage or ``{stage: steps}`` (default: the pipeline's). ``max_batch``: images per
+    pipeline call (compatible generations share one; a larger ``n`` is split). ``eta``: DDIM eta of
+    variations. ``resample``: RePaint resampling of edits. ``image_dir``: where URL images live
+    (default: a temporary folder). ``public_url``: the base of the returned URLs (default: the
+    request's own host). ``prompt_filter``: flagged prompts are answered 400 with code
+    ``content_policy_violation`` (default: none). ``watermark``: DALL·E 2's signature on every
+    image. ``precision``: as ``SamplingOptions.precision`` (``unclip serve`` passes "auto").
     """
     pipeline.plan([s for s in SAMPLED_STAGES if pipeline.component(s) is not None], steps=steps)  # a bad `steps` fails now
     store = ImageStore(image_dir, image_ttl_s)
     queue = WorkQueue(max_queue=max_queue, max_batch=max_batch)
     worker = Worker(pipeline, store, steps=steps, eta=eta, resample=resample, watermark=watermark,
-                    precision=precision)
+                    precision=precision, max_batch=max_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -24,7 +24,12 @@ class ImageStore:
             raise ValueError(f"image_ttl_s: expected a positive number of seconds, got {ttl_s!r}")
         self.owned = folder is None  # a temporary folder is removed by close()
         self.folder = Path(tempfile.mkdtemp(prefix="unclip-images-") if folder is None else folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ValueError(f"image_dir: {self.folder} is a file, not a folder") from None
+        except OSError as err:
+            raise ValueError(f"image_dir: cannot create the folder {self.folder} ({err.strerror or err})") from None
         self.ttl_s = float(ttl_s)
         self._lock = threading.Lock()
 

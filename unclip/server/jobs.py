@@ -10,7 +10,8 @@ from fastapi import Request
 
 from unclip.pipeline import UnCLIPPipeline
 from unclip.pipeline.inputs import check_prompts
-from unclip.pipeline.outpaint import Margins
+from unclip.pipeline.inpaint import keep_mask
+from unclip.pipeline.outpaint import Margins, window_side
 from unclip.safety import ContentPolicyViolation, PromptFilter, check_prompt
 from unclip.server.errors import APIError
 from unclip.server.params import parse_common, parse_int, parse_prompt
@@ -94,13 +95,16 @@ class JobBuilder:
         if not any(sides.values()):
             raise APIError("Invalid request: give 'expand' or at least one of 'left', 'right', 'top', 'bottom' "
                            "a number of pixels above 0.", param="expand", code="invalid_value")
+        margins = Margins(**sides)
+        window_side(image.size, margins, min(self.pipeline.sizes, default=1))  # too many windows: 400 on `expand`
         common = parse_common(fields, self.model_name, text=True)
-        task = OutpaintTask(prompt, image, Margins(**sides), self.delivery(request, common))
+        task = OutpaintTask(prompt, image, margins, self.delivery(request, common))
         return Job(run=self.worker.outpaint, payload=task, weight=common.n)
 
 
 def check_edit_images(image, mask) -> None:
-    """The mask matches the image and has alpha; without a mask the image itself has alpha."""
+    """The mask matches the image and has alpha; without a mask the image itself has alpha. Some
+    pixel of that alpha is 0 (a pixel to regenerate)."""
     if mask is not None and mask.size != image.size:
         raise APIError(f"Invalid mask - mask and image must have the same dimensions, got "
                        f"{mask.size[0]}x{mask.size[1]} and {image.size[0]}x{image.size[1]}.", param="mask",
@@ -111,3 +115,8 @@ def check_edit_images(image, mask) -> None:
     if mask is None and not has_alpha(image):
         raise APIError(f"Invalid input image - format must be in ['RGBA', 'LA'] when no mask is given (its "
                        f"transparent pixels are the mask), got {image.mode}.", param="image", code="invalid_image")
+    try:
+        keep_mask(image, mask)  # alpha 0 nowhere: nothing to regenerate
+    except ValueError as err:
+        raise APIError(f"Invalid input - {err}.", param="image" if mask is None else "mask",
+                       code="invalid_image") from None

@@ -4,7 +4,8 @@ A request first takes a slot (``reserve``): at most ``max_queue`` requests are i
 once, from reading their upload to delivering their images, so memory stays bounded under any
 burst; beyond that ``QueueFull`` (answered 429 with ``Retry-After``). Jobs run one batch at a time
 on a single worker thread (one pipeline, one device); queued jobs that share a ``key`` are run
-together as one batch of at most ``max_batch`` images. A job whose client has gone is skipped if
+together as one batch of at most ``max_batch`` images (a job of more runs alone, and the worker
+splits it into pipeline calls of at most ``max_batch``). A job whose client has gone is skipped if
 it has not started, and its result dropped if it has.
 """
 

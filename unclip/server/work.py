@@ -79,11 +79,15 @@ class InterpolateTask:
 
 class Worker:
     """The served pipeline and its per-request settings. Every method runs on the worker thread
-    and takes a list of tasks (a batch), returning one ``Result`` per task."""
+    and takes a list of tasks (a batch), returning one ``Result`` per task. No pipeline call makes
+    more than ``max_batch`` images (a request's ``n`` above it is split), except interpolation,
+    whose frames are one slerp (at most 16)."""
 
     def __init__(self, pipe: UnCLIPPipeline, store: ImageStore, *, steps: StageValue = None, eta: float = 1.0,
-                 resample: int = 0, watermark: bool = False, precision: str = "fp32"):
-        self.pipe, self.store = pipe, store
+                 resample: int = 0, watermark: bool = False, precision: str = "fp32", max_batch: int = 10):
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch: expected a whole number >= 1, got {max_batch!r}")
+        self.pipe, self.store, self.max_batch = pipe, store, max_batch
         self.steps, self.eta, self.resample, self.watermark = steps, eta, resample, watermark
         SamplingOptions(precision=precision)  # a bad precision fails now
         self.precision = precision
@@ -98,11 +102,17 @@ class Worker:
         large_enough = [s for s in sizes if s >= side]
         return min(large_enough) if large_enough else max(sizes)
 
+    def chunks(self, count: int) -> list[int]:
+        """``count`` images as the sizes of pipeline calls of at most ``max_batch`` each."""
+        return [min(self.max_batch, count - start) for start in range(0, count, self.max_batch)]
+
     def generate(self, tasks: list[GenerateTask]) -> list[Result]:
         """Compatible generations (same source side) in one batch: each prompt repeated n times."""
         source = self.source_side(tasks[0].delivery.common.side)
         prompts = [t.prompt for t in tasks for _ in range(t.delivery.common.n)]
-        images = self.pipe.generate(prompts, n=1, options=self.options(source))
+        images = [image for start in range(0, len(prompts), self.max_batch)
+                  for image in self.pipe.generate(prompts[start:start + self.max_batch], n=1,
+                                                  options=self.options(source))]
         results, start = [], 0
         for task in tasks:
             count = task.delivery.common.n
@@ -111,24 +121,28 @@ class Worker:
         return results
 
     def edit(self, tasks: list[EditTask]) -> list[Result]:
-        return self._each(tasks, lambda task, options: self.pipe.inpaint(
-            task.image, task.prompt, options, mask=task.mask, n=task.delivery.common.n,
-            output_side=task.delivery.common.side, resample=self.resample))
+        return self._each(tasks, lambda task, options, n: self.pipe.inpaint(
+            task.image, task.prompt, options, mask=task.mask, n=n, output_side=task.delivery.common.side,
+            resample=self.resample))
 
     def vary(self, tasks: list[VaryTask]) -> list[Result]:
-        return self._each(tasks, lambda task, options: self.pipe.variations(
-            task.image.convert("RGB"), task.delivery.common.n, options, eta=self.eta))
+        return self._each(tasks, lambda task, options, n: self.pipe.variations(
+            task.image.convert("RGB"), n, options, eta=self.eta))
 
     def interpolate(self, tasks: list[InterpolateTask]) -> list[Result]:
-        return self._each(tasks, lambda task, options: self.pipe.interpolate(
-            task.image_a.convert("RGB"), task.image_b.convert("RGB"), task.delivery.common.n, options))
+        return self._each(tasks, lambda task, options, n: self.pipe.interpolate(
+            task.image_a.convert("RGB"), task.image_b.convert("RGB"), n, options), split=False)
 
-    def _each(self, tasks: list, make: Callable[[Any, SamplingOptions], list[Image.Image]]) -> list[Result]:
-        """One task at a time: ``make(task, options)`` at the cascade side that serves its size."""
+    def _each(self, tasks: list, make: Callable[[Any, SamplingOptions, int], list[Image.Image]],
+              split: bool = True) -> list[Result]:
+        """One task at a time: its ``n`` images from ``make(task, options, count)`` calls at the
+        cascade side that serves its size, each of at most ``max_batch`` images when ``split``."""
         out = []
         for task in tasks:
             source = self.source_side(task.delivery.common.side)
-            images = make(task, self.options(source))
+            n = task.delivery.common.n
+            images = [image for count in (self.chunks(n) if split else [n])
+                      for image in make(task, self.options(source), count)]
             out.append(self.deliver(images, task.delivery, source))
         return out
 

@@ -28,17 +28,18 @@ Batch = dict[str, Any]
 
 
 class _Positions(IterableDataset):
-    """Samples ``fetch(j)`` of batches start, start + 1, …; DataLoader worker w of W produces
-    batches start + w, start + w + W, … so that the loader's round-robin restores the order."""
+    """Samples ``fetch(j)`` from position ``start`` on, in batches 0, 1, …; DataLoader worker w of W
+    produces batches w, w + W, … so that the loader's round-robin restores the order."""
 
-    def __init__(self, fetch: Callable[[int], dict], start_batch: int, batch_size: int):
-        self.fetch, self.start_batch, self.batch_size = fetch, start_batch, batch_size
+    def __init__(self, fetch: Callable[[int], dict], start: int, batch_size: int):
+        self.fetch, self.start, self.batch_size = fetch, start, batch_size
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for b in itertools.count(self.start_batch + worker, workers):
-            for j in range(b * self.batch_size, (b + 1) * self.batch_size):
+        for b in itertools.count(worker, workers):
+            first = self.start + b * self.batch_size
+            for j in range(first, first + self.batch_size):
                 yield self.fetch(j)
 
 
@@ -69,22 +70,23 @@ class _EpochPermutation:
         return self.dataset[int(self._order[k])]
 
 
-def batch_stream(dataset: Dataset | IterableDataset, batch_size: int, *, start_batch: int = 0, seed: int = 0,
+def batch_stream(dataset: Dataset | IterableDataset, batch_size: int, *, start_sample: int = 0, seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
-    """Endless batches (dicts of stacked tensors and lists of strings), from batch ``start_batch``;
-    ``pin_memory`` (for a GPU) puts each batch in page-locked memory, so that copying it to the GPU
+    """Endless batches (dicts of stacked tensors and lists of strings), from this rank's position
+    ``start_sample`` (a resumed run: the samples each rank has consumed, whatever batch size it
+    consumed them in; read-in-order data skip whole batches, exact when it divides); ``pin_memory`` (for a GPU) puts each batch in page-locked memory, so that copying it to the GPU
     does not wait for the host."""
     loader_args = {"batch_size": batch_size, "num_workers": num_workers, "persistent_workers": num_workers > 0,
                    "pin_memory": pin_memory}
     if isinstance(dataset, IterableDataset) and not callable(getattr(dataset, "item", None)):
-        return _sequential(dataset, start_batch, loader_args)
+        return _sequential(dataset, start_sample // batch_size, loader_args)
     if isinstance(dataset, IterableDataset):
         fetch = _ItemAt(dataset, rank, world_size)
     else:
         if len(dataset) == 0:
             raise ValueError("the training data set is empty: it yields nothing")
         fetch = _EpochPermutation(dataset, seed, rank, world_size)
-    return iter(DataLoader(_Positions(fetch, start_batch, batch_size), **loader_args))
+    return iter(DataLoader(_Positions(fetch, start_sample, batch_size), **loader_args))
 
 
 def _sequential(dataset: IterableDataset, start_batch: int, loader_args: dict) -> Iterator[Batch]:

@@ -103,6 +103,8 @@ def train(cfg: StageConfig, output: str | Path, *, resume: bool = False,
 
     ``build`` makes the :class:`StageTask` once the devices are known (tests pass their own).
     """
+    if Path(output).exists() and not Path(output).is_dir():
+        raise ValueError(f"--output {output} is a file: give a folder for the run")
     accelerator = make_accelerator(cfg.training, Path(output))
     try:
         set_seed(cfg.training.seed)  # the same initial weights (and random frozen CLIP) everywhere
@@ -176,6 +178,9 @@ class _Run:
         self.start = state.step if state is not None else 0
         self.call = prepared_network(self.wrapped, self.model, tc.compile)
         self.samples_per_step = tc.batch_size * tc.grad_accum * accelerator.num_processes
+        # training samples consumed before this run (checkpoints from before it was kept: as if unchanged)
+        self.start_samples = 0 if state is None else (
+            state.samples if state.samples is not None else state.step * self.samples_per_step)
 
     def prepare(self, state: ckpt.ResumeState | None) -> None:
         """The optimiser, schedule and EMA, restored from ``state``, and the network handed to
@@ -211,7 +216,7 @@ class _Run:
 
     def loop(self, progress: bool) -> Path:
         tc, accelerator, main = self.tc, self.accelerator, self.accelerator.is_main_process
-        batches = batch_stream(self.task.dataset, tc.batch_size, start_batch=self.start * tc.grad_accum,
+        batches = batch_stream(self.task.dataset, tc.batch_size, start_sample=-(-self.start_samples // accelerator.num_processes),
                                seed=self.cfg.data.seed, rank=accelerator.process_index,
                                world_size=accelerator.num_processes, num_workers=tc.num_workers,
                                pin_memory=accelerator.device.type == "cuda")
@@ -272,6 +277,10 @@ class _Run:
             return sharded.gather_zero3(self.model, self.ema.model, self.template, main)
         return self.ema.model if main else None
 
+    def samples_at(self, step: int) -> int:
+        """Training samples all processes have consumed by the end of ``step``."""
+        return self.start_samples + (step - self.start) * self.samples_per_step
+
     def checkpoint(self, step: int) -> None:
         """Save the resume state (main process) after checking that every process holds the same weights."""
         accelerator = self.accelerator
@@ -286,7 +295,8 @@ class _Run:
         elif accelerator.is_main_process:
             folder = ckpt.save_checkpoint(self.output, step, model=self.model, ema=self.ema, optimizer=self.optimizer,
                                           scheduler=self.scheduler, scaler=accelerator.scaler, config=self.config,
-                                          rank=accelerator.process_index, keep=self.keep)
+                                          samples=self.samples_at(step), rank=accelerator.process_index,
+                                          keep=self.keep)
             tqdm.write(f"saved {folder}")
         accelerator.log({f"checksum/process_{i}": c for i, c in enumerate(checksums)}, step=step)
         accelerator.wait_for_everyone()
@@ -303,7 +313,8 @@ class _Run:
         accelerator.wait_for_everyone()
         if main:
             folder = ckpt.finish_checkpoint(tmp, step, ema=self.ema, scheduler=self.scheduler, config=self.config,
-                                            rank=accelerator.process_index, keep=self.keep, engine=True)
+                                            samples=self.samples_at(step), rank=accelerator.process_index,
+                                            keep=self.keep, engine=True)
             tqdm.write(f"saved {folder}")
         accelerator.wait_for_everyone()
 

@@ -41,6 +41,7 @@ class ResumeState:
     ema_updates: int
     config: dict[str, Any]
     engine: bool = False  # written by FSDP / DeepSpeed (accelerate's save_state), not as safetensors
+    samples: int | None = None  # training samples consumed by all processes (None: written before it was kept)
 
 
 def checkpoints_dir(output: str | Path) -> Path:
@@ -80,7 +81,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def save_checkpoint(output: str | Path, step: int, *, model: nn.Module, ema, optimizer, scheduler, scaler,
-                    config: dict[str, Any], rank: int = 0, keep: int = 3) -> Path:
+                    config: dict[str, Any], samples: int, rank: int = 0, keep: int = 3) -> Path:
     """Write the resume state of ``step``; keep the ``keep`` newest checkpoints. Main process only."""
     tmp = begin_checkpoint(output, step, unique=True)
     save_model(model, str(tmp / "model.safetensors"))
@@ -89,7 +90,8 @@ def save_checkpoint(output: str | Path, step: int, *, model: nn.Module, ema, opt
     if scaler is not None:
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
     torch.save(rng_states(), tmp / "rng.pt")
-    return finish_checkpoint(tmp, step, ema=ema, scheduler=scheduler, config=config, rank=rank, keep=keep)
+    return finish_checkpoint(tmp, step, ema=ema, scheduler=scheduler, config=config, samples=samples, rank=rank,
+                             keep=keep)
 
 
 def begin_checkpoint(output: str | Path, step: int, *, unique: bool) -> Path:
@@ -108,13 +110,13 @@ def temporary_folder(output: str | Path, step: int, *, unique: bool) -> Path:
     return checkpoints_dir(output) / (f".tmp-step_{step:06d}" + (f"-{os.getpid()}" if unique else ""))
 
 
-def finish_checkpoint(tmp: Path, step: int, *, ema, scheduler, config: dict[str, Any], rank: int = 0,
+def finish_checkpoint(tmp: Path, step: int, *, ema, scheduler, config: dict[str, Any], samples: int, rank: int = 0,
                       keep: int = 3, engine: bool = False) -> Path:
     """Add the schedule, config and ``state.json`` to ``tmp``, rename it and point ``latest`` at it."""
     root = tmp.parent
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    state = {"step": step, "ema_updates": ema.updates, "written_by": rank, "engine": engine}
+    state = {"step": step, "samples": samples, "ema_updates": ema.updates, "written_by": rank, "engine": engine}
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     name = f"step_{step:06d}"
     final = root / name
@@ -132,7 +134,9 @@ def finish_checkpoint(tmp: Path, step: int, *, ema, scheduler, config: dict[str,
 def read_resume_state(folder: Path) -> ResumeState:
     state = json.loads((folder / "state.json").read_text())
     config = json.loads((folder / "config.json").read_text())
-    return ResumeState(folder, int(state["step"]), int(state["ema_updates"]), config, bool(state.get("engine")))
+    samples = int(state["samples"]) if "samples" in state else None
+    return ResumeState(folder, int(state["step"]), int(state["ema_updates"]), config, bool(state.get("engine")),
+                       samples)
 
 
 def load_weights(resume: ResumeState, model: nn.Module, ema) -> None:
@@ -157,9 +161,19 @@ def load_scheduler(resume: ResumeState, scheduler) -> None:
 SAMPLING_KEYS = ("diffusion.sample_steps", "diffusion.guidance_scale", "diffusion.sample_start")
 
 
+# The frozen CLIP a prior or decoder is conditioned on: part of the model, though set under training.
+FROZEN_KEYS = ("clip_checkpoint",)
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ, outside the sections a resumed run may change."""
     diffs = []
+    if not prefix:
+        for key in FROZEN_KEYS:
+            a, b = saved.get("training", {}).get(key), current.get("training", {}).get(key)
+            if _path(a) != _path(b):
+                diffs.append(f"training.{key} (checkpoint {a!r}, now {b!r}: the frozen CLIP the stage is "
+                             "conditioned on)")
     for key in sorted(set(saved) | set(current)):
         if (not prefix and key in RESUMABLE_SECTIONS) or f"{prefix}{key}" in SAMPLING_KEYS:
             continue
@@ -169,6 +183,10 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
         elif a != b:
             diffs.append(f"{prefix}{key} (checkpoint {a!r}, now {b!r})")
     return diffs
+
+
+def _path(value: str | None) -> str | None:
+    return None if value is None else os.path.normpath(value)
 
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import SCALER_NAME, DistributedType, FullyShardedDataParallelPlugin
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.tensor import DTensor
@@ -249,7 +249,13 @@ def save_state(accelerator: Accelerator, folder: Path, ema_model: nn.Module, *, 
 
 
 def load_state(accelerator: Accelerator, folder: Path, ema_model: nn.Module, *, slices: bool = False) -> None:
+    if accelerator.scaler is not None and not (folder / ENGINE / SCALER_NAME).is_file():
+        raise ValueError(f"{folder} was written without fp16's loss scaler: resume it with the mixed_precision "
+                         "it was trained with (bf16 or no)")
     accelerator.load_state(str(folder / ENGINE))
+    # the micro-batch count came back too; checkpoints fall on optimiser steps, so counting afresh
+    # keeps gradient accumulation in step when a resumed run changes training.grad_accum
+    accelerator.step = 0
     if slices:
         path = _slices_file(folder, accelerator.process_index)
         written = len(list(path.parent.glob("process_*.safetensors")))

@@ -20,6 +20,7 @@ from torchvision.utils import save_image
 
 from unclip.checkpoint import load_clip, load_component
 from unclip.config import DataConfig, DatasetKind, StageConfig, from_dict
+from unclip.data import require_path
 from unclip.data.embeddings import source_data
 from unclip.data.shapes import ShapesDataset
 
@@ -109,7 +110,8 @@ def held_out_samples(data: DataConfig, resolution: int, count: int,
     if data.kind is DatasetKind.emoji:
         from unclip.data.emoji_dataset import EmojiDataset
 
-        held = EmojiDataset(data.path, resolution, split="heldout", forms=("canonical",))
+        held = EmojiDataset(require_path(data, "a folder written by `unclip data emoji`"), resolution,
+                            split="heldout", forms=("canonical",))
         items = [held[i * len(held) // count] for i in range(min(count, len(held)))]
     else:
         shapes = ShapesDataset(resolution=resolution, seed=seed, held_out=True)
