@@ -123,6 +123,33 @@ def test_folder_is_infinite_shuffled_and_split(tmp_path):
     assert len(ranks[0]) == len(ranks[1]) == 3 and not ranks[0] & ranks[1]
 
 
+@pytest.mark.parametrize("mode, dtype", [("I;16", "<u2"), ("I;16B", ">u2"), ("I", "<i4"), ("F", "<f4")])
+def test_16_and_32_bit_images_are_scaled_to_8_bits_not_clipped(mode, dtype):
+    from unclip.data.folder import prepare_image
+
+    top = 1.0 if mode == "F" else 65535
+    levels = np.linspace(0, top, 16).reshape(4, 4)  # black to white
+    raw = levels.astype(dtype).tobytes()
+    image = Image.frombytes(mode, (4, 4), raw, "raw", {"I": "I;32S", "F": "F;32F"}.get(mode, mode))
+    assert image.mode == mode
+    pixels = prepare_image(image, 4)
+    expected = torch.from_numpy(np.rint(levels / top * 255) / 127.5 - 1).float()
+    torch.testing.assert_close(pixels, expected.expand(3, 4, 4), atol=1e-6, rtol=0)
+
+
+def test_folder_turns_images_upright_by_their_exif_orientation(tmp_path):
+    stored = Image.new("RGB", (8, 4), "blue")
+    stored.paste(Image.new("RGB", (4, 4), "red"), (0, 0))  # the left half, shown on top once turned
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90° clockwise to show (a phone held upright)
+    stored.save(tmp_path / "photo.png", exif=exif)
+    (tmp_path / "photo.txt").write_text("a photo")
+    (sample,) = list(FolderDataset(tmp_path, resolution=4, epochs=1))  # shown 4×8: the central 4×4
+    red, blue = torch.tensor([1.0, -1.0, -1.0]), torch.tensor([-1.0, -1.0, 1.0])
+    torch.testing.assert_close(sample["image"][:, :2], red[:, None, None].expand(3, 2, 4))
+    torch.testing.assert_close(sample["image"][:, 2:], blue[:, None, None].expand(3, 2, 4))
+
+
 def test_folder_without_images_raises(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(ValueError, match=str(tmp_path)):
@@ -163,6 +190,11 @@ def test_webdataset_skips_a_corrupt_image(tmp_path, caplog):
     assert captions == ["ok 0", "ok 1"]
     assert dataset.skipped == 1 and dataset.incomplete == 1
     assert "bad" in caplog.text
+
+
+def test_write_shards_refuses_empty_shards(tmp_path):
+    with pytest.raises(ValueError, match="per_shard must be at least 1, got 0"):
+        write_shards([{"image": colour_image(0, 8), "caption": "x"}], tmp_path, per_shard=0)
 
 
 def test_webdataset_missing_shards_raise(tmp_path):
@@ -213,6 +245,23 @@ def test_embeddings_batch_size_mismatch(tmp_path):
     mask = torch.ones(2, 5, dtype=torch.bool)
     with pytest.raises(ValueError, match="batch sizes differ"):
         writer.add(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 5, 4), mask, ["one caption"])
+
+
+def test_embeddings_writer_writes_no_metadata_after_an_error(tmp_path):
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="stopped"):
+        with EmbeddingsWriter(tmp_path, shard_size=1) as writer:
+            writer.add(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 5, 3), mask, ["a", "b"])
+            raise RuntimeError("stopped")
+    assert (tmp_path / "00001_captions.json").is_file()  # shards written before the error stay ...
+    assert not (tmp_path / "metadata.json").exists()  # ... but the folder does not pass for complete
+    with pytest.raises(ValueError, match="not an embeddings folder"):
+        EmbeddingsDataset(tmp_path)
+
+
+def test_embeddings_writer_refuses_empty_shards(tmp_path):
+    with pytest.raises(ValueError, match="shard_size must be at least 1, got 0"):
+        EmbeddingsWriter(tmp_path, shard_size=0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -237,6 +237,13 @@ def test_a_part_way_start_needs_a_scheduler_that_takes_timesteps(sampler, ok):
         set_timesteps(make_scheduler(DiffusionConfig(), Sampler.ddpm), 5, 1000)
 
 
+@pytest.mark.parametrize("sampler, first", [(Sampler.ddpm, 999), (Sampler.dpmpp, 999), (Sampler.ddim, 0)])
+def test_one_step_from_pure_noise_runs_at_the_last_timestep_where_the_scheduler_allows(sampler, first):
+    # "linspace" and "leading" grids put a single step at t = 0; DDIM takes no explicit timesteps
+    scheduler = make_scheduler(DiffusionConfig(variance=Variance.fixed_small), sampler)
+    assert [int(t) for t in set_timesteps(scheduler, 1)] == [first]
+
+
 def test_dpmpp_survives_an_imperfect_eps_model_at_the_end_of_the_cosine_schedule():
     cfg = DiffusionConfig(beta_schedule=BetaSchedule.cosine)
     diffusion = GaussianDiffusion(cfg)

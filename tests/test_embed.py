@@ -78,6 +78,45 @@ def test_embed_needs_a_limit_for_an_endless_set(tmp_path, capsys):
     assert "--limit" in capsys.readouterr().err
 
 
+def test_an_interrupted_embed_leaves_no_metadata_and_a_rerun_finishes_the_folder(tmp_path, monkeypatch):
+    from unclip.networks.clip import ClipEncoder
+
+    out, real, calls = tmp_path / "emb", ClipEncoder.encode_image, []
+
+    def stop_at_the_second_batch(self, images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, images)
+
+    monkeypatch.setattr(ClipEncoder, "encode_image", stop_at_the_second_batch)
+    args = ["embed", "--config", PRIOR, "--output", str(out), "--limit", "8", "--batch-size", "4", "--shard-size", "4"]
+    assert cli(args) == 130
+    assert (out / "00000_captions.json").is_file()  # the first shard was written, but the folder is unfinished
+    assert not (out / "metadata.json").exists() and not list(out.glob("metadata.part*"))
+    monkeypatch.setattr(ClipEncoder, "encode_image", real)
+    assert cli(args) == 0  # a rerun is not refused: it writes over the unfinished folder
+    assert json.loads((out / "metadata.json").read_text())["count"] == 8 and (out / "clip").is_dir()
+
+
+def test_embed_writes_its_metadata_only_after_its_clip(tmp_path, monkeypatch):
+    def full_disk(module, folder, *args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr("unclip.checkpoint.save_component", full_disk)
+    out = tmp_path / "emb"
+    with pytest.raises(OSError, match="no space left"):
+        cli(["embed", "--config", PRIOR, "--output", str(out), "--limit", "4", "--batch-size", "4"])
+    assert (out / "00000_captions.json").is_file() and not (out / "metadata.json").exists()
+
+
+@pytest.mark.parametrize("flag", ["--shard-size", "--batch-size"])
+def test_embed_refuses_sizes_below_one_before_loading(flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("unclip.config.load_stage_config", lambda *args: pytest.fail("loaded before checking"))
+    assert cli(["embed", "--config", PRIOR, "--output", str(tmp_path / "x"), "--limit", "4", flag, "0"]) == 2
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_the_monitor_reads_the_data_the_embeddings_came_from(embeddings, tmp_path, capsys):
     from unclip.config import DataConfig, DatasetKind
     from unclip.training.stages.common import monitor_data

@@ -166,6 +166,24 @@ def test_bad_input_gets_a_message(tmp_path, packages, monkeypatch, capsys):
     assert "apt-get install npm" in capsys.readouterr().err
 
 
+def test_per_shard_below_one_is_refused_before_anything_is_fetched(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(emoji, "fetch", lambda *args: pytest.fail("fetched before checking"))
+    assert cli(["data", "emoji", "--out", str(tmp_path / "a"), "--per-shard", "0", "--quiet"]) == 2
+    assert "--per-shard must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_data_command_names_the_kind_the_emoji_configs_train_with():
+    import re
+
+    import yaml
+
+    from unclip.cli import data as data_command
+
+    kind = re.search(r"data\.kind=(\w+) data\.path=", data_command.__doc__).group(1)
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "emoji").glob("*.yaml"))
+    assert configs and {yaml.safe_load(c.read_text())["data"]["kind"] for c in configs} == {kind}
+
+
 def test_the_emoji_data_set_reads_each_image_in_every_caption_form(built):
     from unclip.config import DataConfig, DatasetKind
     from unclip.data import build_dataset
@@ -421,3 +439,108 @@ def test_the_emoji_clip_suite_from_the_command_line(built, tiny_pipeline_dir, tm
     assert report["checkpoint"].endswith("clip") and "paraphrase top-5" in (out / "report.md").read_text()
     assert cli([*args, "--checkpoint", str(tmp_path)]) == 2
     assert "neither a clip/ component folder nor a cascade" in capsys.readouterr().err
+
+
+def test_the_emoji_clip_suite_checks_device_and_out_before_loading(built, tiny_pipeline_dir, tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setattr("unclip.checkpoint.load_expected", lambda *args: pytest.fail("loaded before checking"))
+    args = ["eval", "--suite", "emoji-clip", "--data", str(built), "--checkpoint", str(tiny_pipeline_dir)]
+    assert cli([*args, "--out", str(tmp_path / "eval"), "--device", "nonsense"]) == 2
+    assert "--device: 'nonsense' is not a torch device" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("a file where the report folder should go")
+    assert cli([*args, "--out", str(tmp_path / "taken")]) == 2
+    assert f"--out: {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_the_emoji_clip_suite_takes_batch_and_bf16(built, tiny_pipeline_dir, tmp_path, monkeypatch):
+    from unclip.networks.clip import ClipEncoder
+
+    calls, real = [], ClipEncoder.encode_image
+
+    def spy(self, images):
+        calls.append((len(images), torch.is_autocast_enabled("cpu")))
+        return real(self, images)
+
+    monkeypatch.setattr(ClipEncoder, "encode_image", spy)
+    out = tmp_path / "clip-eval"
+    assert cli(["eval", "--suite", "emoji-clip", "--data", str(built), "--checkpoint", str(tiny_pipeline_dir),
+                "--out", str(out), "--prompts", "3", "--batch", "2", "--bf16", "--device", "cpu"]) == 0
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["batch"] == 2 and settings["bf16_autocast"] is True
+    assert calls and all(n <= 2 and autocast for n, autocast in calls)
+
+
+@pytest.mark.parametrize("suite, flag, value", [("emoji", "--compare-priors", "prior"),
+                                                ("emoji", "--decoder-candidates", "2"),
+                                                ("emoji-clip", "--steps", "decoder=2"),
+                                                ("emoji-clip", "--fid-images", "0"),
+                                                ("shapes", "--data", "runs/emoji-data")])
+def test_a_flag_the_suite_does_not_use_is_refused_before_loading(suite, flag, value, built, tiny_pipeline_dir,
+                                                                 tmp_path, monkeypatch, capsys):
+    import unclip.cli.evaluate as eval_command
+
+    monkeypatch.setattr(eval_command, "load_pipeline", lambda args: pytest.fail("loaded before checking"))
+    monkeypatch.setattr("unclip.checkpoint.load_expected", lambda *args: pytest.fail("loaded before checking"))
+    data = [] if suite == "shapes" else ["--data", str(built)]
+    assert cli(["eval", "--suite", suite, *data, "--checkpoint", str(tiny_pipeline_dir), "--out", str(tmp_path),
+                flag, value]) == 2
+    assert f"--suite {suite} does not use {flag}; leave it out" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_held_out(built, tmp_path) -> Path:
+    """The tiny set, its metadata naming no held-out pair (as one style or --held-out 0 leaves it)."""
+    import shutil
+
+    data = tmp_path / "no-held-out"
+    shutil.copytree(built, data, ignore=shutil.ignore_patterns("features"))
+    meta = json.loads((data / "metadata.json").read_text())
+    (data / "metadata.json").write_text(json.dumps({**meta, "held_out": []}))
+    return data
+
+
+def test_both_emoji_suites_refuse_a_set_without_held_out_pairs_before_any_work(no_held_out, tiny_pipeline_dir,
+                                                                               tmp_path, monkeypatch, capsys):
+    import unclip.cli.evaluate as eval_command
+    from unclip.evaluation.emoji import EmojiEvalSettings, run_emoji_eval
+    from unclip.evaluation.emoji_clip import EmojiClipSettings, run_emoji_clip_eval
+
+    message = "has no held-out pairs: build it with at least two styles and --held-out > 0"
+    with pytest.raises(ValueError, match=message):
+        run_emoji_clip_eval(ColourClip(), EmojiClipSettings(data=str(no_held_out), batch=4))
+    with pytest.raises(ValueError, match=message):
+        run_emoji_eval(RenderingPipe(no_held_out, 32), EmojiEvalSettings(data=str(no_held_out), batch=4),
+                       features=pixel_features)
+    monkeypatch.setattr(eval_command, "load_pipeline", lambda args: pytest.fail("loaded before checking"))
+    assert cli(["eval", "--suite", "emoji", "--data", str(no_held_out), "--checkpoint", str(tiny_pipeline_dir),
+                "--out", str(tmp_path / "eval")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_gallery_cache_serves_only_the_renders_it_was_computed_from(built, tmp_path, capsys):
+    import shutil
+
+    from unclip.evaluation.emoji import gallery
+
+    data = tmp_path / "data"
+    shutil.copytree(built, data, ignore=shutil.ignore_patterns("features"))
+    calls = []
+
+    def counted(images):
+        calls.append(len(images))
+        return pixel_features(images)
+
+    first = gallery(data, 32, counted, batch=8)
+    index = data / "features" / "gallery_32.json"
+    keys = json.loads(index.read_text())
+    assert calls and keys["built"] == 32 and len(keys["concepts"]) == len(first.concepts) == 16
+    calls.clear()
+    index.write_text(json.dumps({"concepts": keys["concepts"], "styles": keys["styles"]}))  # as written before "built"
+    again = gallery(data, 32, counted)
+    assert not calls and torch.equal(again.features, first.features)  # the same renders: the cache serves
+    for stale in ({**keys, "built": 64}, {**keys, "styles": ["another style", *keys["styles"][1:]]}):
+        index.write_text(json.dumps(stale))
+        assert torch.equal(gallery(data, 32, counted, batch=8).features, first.features) and calls, stale
+        calls.clear()
+        assert "computing the gallery again" in capsys.readouterr().out
+        assert json.loads(index.read_text()) == keys  # overwritten with the renders' own index

@@ -166,6 +166,8 @@ def test_the_decoders_best_of_k_keeps_the_candidate_clip_puts_closest_to_the_cap
     (dict(guidance={"upsampler": 2.0}), "guidance"), (dict(guidance=-1), "guidance"),
     (dict(sampler="euler"), "sampler"), (dict(prior_candidates=0), "prior_candidates"),
     (dict(decoder_candidates=0), "decoder_candidates"),
+    (dict(steps={"decoder": 1}, sampler="ddim"), "steps"),  # one "leading" DDIM step from pure noise: t = 0
+    (dict(steps={"prior": 1}, sampler={"prior": "unclip"}), "steps"),  # UnCLIPScheduler divides by steps − 1
 ])
 def test_bad_arguments_name_themselves(tiny_pipeline, kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name}: "):
@@ -408,6 +410,9 @@ def test_interpolation_endpoints_and_noise_modes(tiny_pipeline, photos):
         p.interpolate(photos["astronaut"], photos["coffee"], noise="random")
     with pytest.raises(ValueError, match="frames: "):
         p.interpolate(photos["astronaut"], photos["coffee"], frames=1)
+    with pytest.raises(ValueError, match="generator: interpolate draws one set of frames"):
+        p.interpolate(photos["astronaut"], photos["coffee"], frames=2,
+                      generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])
 
 
 def test_text_diff_frames(tiny_pipeline, photos):
@@ -421,6 +426,10 @@ def test_text_diff_frames(tiny_pipeline, photos):
             p.text_diff(photos["chelsea"], "a cat", "a dog", thetas=bad)
     with pytest.raises(ValueError, match="to_text: "):
         p.text_diff(photos["chelsea"], "a cat", "")
+    with pytest.raises(ValueError, match="to_text: 'a  CAT' has the same CLIP text embedding"):
+        p.text_diff(photos["chelsea"], "a cat", "a  CAT")  # the tokenizer folds case and spaces
+    with pytest.raises(ValueError, match=r"eta: expected a number in \[0, 1\]"):
+        p.variations(photos["chelsea"], eta=2.0)
 
 
 def test_upsampler_with_a_sample_start_begins_from_the_noised_conditioning():

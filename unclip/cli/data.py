@@ -5,7 +5,9 @@ of already extracted ones), joins them by code point, renders every image on a w
 ``--background``) canvas at each ``--sizes`` side and writes webdataset shards
 ``DIR/<size>/{train,heldout,variations}/NNNNN.tar`` plus ``DIR/metadata.json`` (counts per style,
 licences and credits, the held-out pairs and concepts). Train on them with
-``data.kind=webdataset data.path='DIR/64/train/*.tar'``.
+``data.kind=emoji data.path=DIR`` (``unclip.data.emoji_dataset``: every image in five caption
+forms, at the smallest size built that is at least ``data.resolution``; the ``configs/emoji/``
+stages do so); the shards also read as plain ``data.kind=webdataset``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown emoji set {unknown[0]!r}; choose from {', '.join(emoji.SETS)}")
     if any(size < 8 for size in args.sizes):
         raise ValueError(f"--sizes must be at least 8 pixels, got {args.sizes}")
+    if args.per_shard < 1:
+        raise ValueError(f"--per-shard must be at least 1, got {args.per_shard}")
     for name in ("held_out", "variation_concepts"):
         if not 0 <= getattr(args, name) < 0.5:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 0.5), got {getattr(args, name)}")

@@ -3,7 +3,9 @@
 Writes sharded ``.npy`` files and ``metadata.json`` (``unclip.data.embeddings``: image and text
 embeddings, text token states and masks, captions) plus the CLIP that made them in ``DIR/clip/``,
 so that the prior trains with ``data.kind=embeddings data.path=DIR`` without touching images (and
-picks that CLIP by itself unless ``training.clip_checkpoint`` names another).
+picks that CLIP by itself unless ``training.clip_checkpoint`` names another). ``metadata.json`` is
+written last: a run that fails or is interrupted leaves none, and a rerun into the same ``DIR``
+overwrites what it left.
 
 Under ``accelerate launch`` with N processes (GPUs, or CPU processes over gloo) each encodes 1/N of
 the samples into its own shards (``pNNN-00000_*``) and the main process joins the metadata::
@@ -41,11 +43,14 @@ def run(args: argparse.Namespace) -> int:
     from unclip.config import load_stage_config
     from unclip.training.sharded import cpu_processes
 
+    for flag, value in (("--batch-size", args.batch_size), ("--shard-size", args.shard_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     cfg = load_stage_config(args.config, args.overrides)
     if not hasattr(cfg, "clip"):
         raise ValueError(f"{args.config} has no clip section (use a clip, prior or decoder config)")
     out = Path(args.output)
-    if (out / "metadata.json").exists():
+    if (out / "metadata.json").exists():  # written last, so only a finished run has it
         raise ValueError(f"{out} already holds embeddings (metadata.json); choose another --output")
     if args.clip:
         cfg.training.clip_checkpoint = args.clip
@@ -62,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _encode(cfg, args: argparse.Namespace, out, state) -> int:
     """Every process encodes its share (``1/N`` of the samples) into its own shards; the main
-    process joins their metadata and writes the CLIP. Returns the rows written (by all processes,
-    on the main one)."""
+    process writes the CLIP, then joins their metadata into ``metadata.json`` (last, so that only a
+    finished run has it). Returns the rows written (by all processes, on the main one)."""
     import torch
     from torch.utils.data import DataLoader, IterableDataset, Subset
     from tqdm.auto import tqdm
@@ -82,10 +87,10 @@ def _encode(cfg, args: argparse.Namespace, out, state) -> int:
     if not isinstance(dataset, IterableDataset):
         dataset = Subset(dataset, range(rank, _count(dataset, args.limit), world))
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
-    part = f"metadata.part{rank:03d}.json"
     done = 0
+    # each process's metadata goes to a part file (none if it fails); metadata.json is written last
     with (EmbeddingsWriter(out, args.shard_size, prefix=f"p{rank:03d}-" if world > 1 else "",
-                           metadata=part if world > 1 else "metadata.json", source=to_dict(cfg.data)) as writer,
+                           metadata=_part(rank), source=to_dict(cfg.data)) as writer,
           tqdm(total=share, desc="embed", unit="sample", disable=not state.is_main_process) as bar):
         for batch in loader if share != 0 else []:
             take = len(batch["caption"]) if share is None else min(len(batch["caption"]), share - done)
@@ -99,10 +104,12 @@ def _encode(cfg, args: argparse.Namespace, out, state) -> int:
     state.wait_for_everyone()
     if not state.is_main_process:
         return done
-    if world > 1:
-        done = merge_metadata(out, [f"metadata.part{r:03d}.json" for r in range(world)])["count"]
     save_component(clip, out / "clip")
-    return done
+    return merge_metadata(out, [_part(r) for r in range(world)])["count"]
+
+
+def _part(rank: int) -> str:
+    return f"metadata.part{rank:03d}.json"
 
 
 def _share(dataset, limit: int | None, rank: int, world: int) -> int | None:

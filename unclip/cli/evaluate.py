@@ -1,7 +1,9 @@
 """``unclip eval``: measure a cascade on the shapes set (``--suite shapes``, the default) or on the
 emoji set (``--suite emoji --data DIR``, ``unclip.evaluation.emoji``); writes report.json,
 report.md and a captioned sample sheet, samples.png. ``--suite emoji-clip`` measures a CLIP alone
-(``--checkpoint`` a clip/ folder or a cascade holding one; ``unclip.evaluation.emoji_clip``)."""
+(``--checkpoint`` a clip/ folder or a cascade holding one; ``unclip.evaluation.emoji_clip``).
+``--device``, ``--out`` and the emoji data are checked before anything loads, and a flag the suite
+does not use (``UNUSED``) is refused rather than ignored."""
 
 from __future__ import annotations
 
@@ -9,7 +11,17 @@ import argparse
 import json
 from pathlib import Path
 
-from unclip.cli.common import add_pipeline_arguments, load_pipeline, stage_value, stage_values
+from unclip.cli.common import (add_pipeline_arguments, check_folder, load_pipeline, pick_device, stage_value,
+                               stage_values)
+
+# flags each suite has no use for: refused when given, so that none is silently ignored
+UNUSED = {
+    "shapes": ("data",),
+    "emoji": ("ablation_prompts", "detector_scenes", "prior_captions", "compare_priors", "decoder_candidates"),
+    "emoji-clip": ("prior", "ablation_prompts", "fid_sizes", "fid_images", "detector_scenes", "prior_captions",
+                   "variation_images", "interpolations", "steps", "sampler", "guidance", "compare_priors",
+                   "decoder_candidates"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which figures: the shapes set's (default), the emoji set's (needs --data), or "
                              "a CLIP's zero-shot figures on the emoji set (emoji-clip: --checkpoint is a clip/ "
                              "folder or a cascade, --data)")
-    parser.add_argument("--data", help="--suite emoji: the folder `unclip data emoji` wrote")
+    parser.add_argument("--data", help="--suite emoji and emoji-clip: the folder `unclip data emoji` wrote")
     parser.add_argument("--prompts", type=int,
                         help="prompts per binding category (shapes, default 200) or seen and held-out "
                              "(concept, style) prompts each (emoji, default 300)")
@@ -33,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-captions", type=int, default=200, help="held-out captions for the prior figures")
     parser.add_argument("--variation-images", type=int, default=20, help="real renders to make variations of")
     parser.add_argument("--interpolations", type=int, default=10, help="image pairs to interpolate")
-    parser.add_argument("--batch", type=int, default=50, help="images per pipeline call")
+    parser.add_argument("--batch", type=int,
+                        help="images per pipeline call (default 50); emoji-clip: images or captions per CLIP call "
+                             "(default 256)")
     parser.add_argument("--steps", nargs="+", metavar="STAGE=N",
                         help="sampling steps per stage, e.g. decoder=25 (default: the checkpoint's)")
     parser.add_argument("--sampler", nargs="+", type=stage_value(str), metavar="[STAGE=]NAME",
@@ -62,6 +76,8 @@ def _settings(args: argparse.Namespace):
 
     if args.prompts is None:
         args.prompts = 300 if args.suite.startswith("emoji") else 200
+    if args.batch is None:
+        args.batch = 256 if args.suite == "emoji-clip" else 50
     counts = dict(prompts=args.prompts, fid_images=args.fid_images, detector_scenes=args.detector_scenes,
                   prior_captions=args.prior_captions, variation_images=args.variation_images,
                   interpolations=args.interpolations, batch=args.batch)
@@ -79,7 +95,7 @@ def _settings(args: argparse.Namespace):
     if args.suite == "emoji-clip":
         from unclip.evaluation.emoji_clip import EmojiClipSettings
 
-        return EmojiClipSettings(data=args.data, prompts=args.prompts, seed=args.seed)
+        return EmojiClipSettings(data=args.data, prompts=args.prompts, batch=args.batch, seed=args.seed)
     if args.suite == "emoji":
         from unclip.evaluation.emoji import EmojiEvalSettings
 
@@ -89,6 +105,16 @@ def _settings(args: argparse.Namespace):
                                  steps=steps)
     return EvalSettings(**counts, ablation_prompts=args.ablation_prompts, fid_sizes=tuple(args.fid_sizes),
                         seed=args.seed, steps=steps, decoder_candidates=args.decoder_candidates)
+
+
+def _refuse_unused(args: argparse.Namespace) -> None:
+    """A one-line error naming the flags given (not at their defaults) that ``--suite`` does not use."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    given = [name for name in UNUSED[args.suite] if getattr(args, name) != parser.get_default(name)]
+    if given:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        raise ValueError(f"--suite {args.suite} does not use {flags}; leave {'them' if len(given) > 1 else 'it'} out")
 
 
 def _samplers(args: argparse.Namespace):
@@ -181,7 +207,9 @@ def run_emoji(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def run_emoji_clip(args: argparse.Namespace, settings) -> int:
+def run_emoji_clip(args: argparse.Namespace, settings, device) -> int:
+    import torch
+
     from unclip.checkpoint import is_component, load_expected
     from unclip.evaluation.emoji_clip import markdown, run_emoji_clip_eval
 
@@ -191,7 +219,10 @@ def run_emoji_clip(args: argparse.Namespace, settings) -> int:
     folder = folder if is_component(folder) else folder / "clip"
     if not is_component(folder):
         raise ValueError(f"--checkpoint {args.checkpoint}: neither a clip/ component folder nor a cascade with one")
-    report = run_emoji_clip_eval(load_expected(folder, "clip"), settings)
+    clip = load_expected(folder, "clip").to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        report = run_emoji_clip_eval(clip, settings)
+    report["settings"]["bf16_autocast"] = args.bf16
     report["checkpoint"] = str(folder)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
@@ -207,11 +238,18 @@ def run(args: argparse.Namespace) -> int:
 
     from unclip.evaluation.report import markdown, run_eval
 
+    _refuse_unused(args)
     settings = _settings(args)
+    device = pick_device(args.device)  # --device and --out are checked before anything loads, for every suite
+    check_folder(args.out, "--out")
+    if args.suite.startswith("emoji"):
+        from unclip.evaluation.emoji import read_eval_metadata
+
+        read_eval_metadata(Path(args.data))
     if args.suite == "emoji":
         return run_emoji(args, settings)
     if args.suite == "emoji-clip":
-        return run_emoji_clip(args, settings)
+        return run_emoji_clip(args, settings, device)
     priors = _priors_to_compare(args)  # checked before the long run
     samplers, guidance = _samplers(args), _guidance(args)
     pipe = use_sampling_defaults(load_pipeline(args), samplers, guidance)

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="a square image file (crop it first if needed)")
     parser.add_argument("-n", type=int, default=4, help="variations to make (default 4)")
     parser.add_argument("--eta", type=float, default=1.0,
-                        help="DDIM eta: 0 reconstructs the image, larger values vary more (default 1)")
+                        help="DDIM eta in [0, 1]: 0 reconstructs the image, larger values vary more (default 1)")
     common.add_sampling_arguments(parser, guidance_stages="decoder (used for inversion and decoding alike; "
                                   "default 1, as DDIM inversion of a guided decoder does not retrace)")
     common.add_pipeline_arguments(parser)

@@ -39,7 +39,9 @@ class EmbeddingsWriter:
     """Accumulates batches of encodings and writes them as shards of ``shard_size`` rows.
 
     Use as a context manager, or call :meth:`close` to flush the last shard and write
-    ``metadata.json`` (a folder without it is incomplete and will not load).
+    ``metadata.json`` (a folder without it is incomplete and will not load). The context manager
+    writes it only when its block ends without an error, so that an interrupted run never leaves a
+    folder that looks finished.
     """
 
     def __init__(self, out_dir: str | Path, shard_size: int = 10_000, *, prefix: str = "",
@@ -47,6 +49,8 @@ class EmbeddingsWriter:
         """``prefix`` starts every shard name and ``metadata`` names the file ``close`` writes: one
         writer per process uses its own (see :func:`merge_metadata`). ``source``: the data config
         (as a dict) the encodings come from, kept in the metadata."""
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {shard_size}")
         self.out_dir, self.source = Path(out_dir), source
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shard_size, self.prefix, self.metadata = shard_size, prefix, metadata
@@ -105,8 +109,9 @@ class EmbeddingsWriter:
     def __enter__(self) -> EmbeddingsWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:  # after an error: no metadata, so the partial folder does not pass for complete
+            self.close()
 
 
 def merge_metadata(out_dir: str | Path, parts: list[str]) -> dict:
@@ -147,7 +152,8 @@ class EmbeddingsDataset(Dataset):
         self.root = Path(path)
         meta_path = self.root / "metadata.json"
         if not meta_path.is_file():
-            raise ValueError(f"{self.root} is not an embeddings folder (no metadata.json)")
+            raise ValueError(f"{self.root} is not an embeddings folder (no metadata.json: not one, or "
+                             "its `unclip embed` did not finish)")
         self.metadata = json.loads(meta_path.read_text())
         self.shards: list[str] = list(self.metadata["shards"])
         if not self.shards or not self.metadata["count"]:

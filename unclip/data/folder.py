@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import IterableDataset, get_worker_info
@@ -28,8 +29,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # shared image helpers
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit single-channel image (modes ``I;16*``, ``I``, ``F``) scaled to 8-bit ``L``:
+    integers from 0–65535 (16-bit PNGs and TIFFs), floats from 0–1; other modes as they are.
+    Pillow's own conversion clips at 255 instead, so most such images would come out white."""
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    top = 1.0 if image.mode == "F" else 65535.0
+    levels = np.asarray(image, dtype=np.float64) * (255.0 / top)
+    return Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of ``image``; transparency is composited on white."""
+    """RGB copy of ``image``; transparency is composited on white, 16- and 32-bit levels scaled
+    to 8 bits (:func:`to_8bit`)."""
+    image = to_8bit(image)
     if image.mode == "P" and "transparency" in image.info:  # palette with a transparent index
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -50,11 +64,12 @@ def prepare_image(image: Image.Image, resolution: int) -> torch.Tensor:
 
 
 def decode_image(data: bytes | Path, resolution: int) -> torch.Tensor:
-    """Decode an encoded image (bytes or a file) fully; raises on corrupt data (PIL's errors)."""
+    """Decode an encoded image (bytes or a file) fully, turned upright as its EXIF orientation
+    says (as photos from phones and cameras need); raises on corrupt data (PIL's errors)."""
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     with Image.open(source) as image:
         image.load()  # decode now, so that truncated files fail here and not later
-        return prepare_image(image, resolution)
+        return prepare_image(ImageOps.exif_transpose(image), resolution)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -177,6 +177,8 @@ def write_shards(
     the default) or JPEG (``image_format="jpg"``). Shards are ``00000.tar``, ``00001.tar``, …;
     keys are the sample's running index, nine digits, as img2dataset names them.
     """
+    if per_shard < 1:
+        raise ValueError(f"per_shard must be at least 1, got {per_shard}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pil_format = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}[image_format]

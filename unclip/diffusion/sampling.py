@@ -45,11 +45,16 @@ def _handles_learned_variance(scheduler) -> bool:
 def set_timesteps(scheduler, steps: int, start: int | None = None, device=None) -> torch.Tensor:
     """Give ``scheduler`` ``steps`` timesteps: its own spacing from T, or, with ``start``, evenly
     spaced from ``start`` down to 0 (for a sample that starts from a noised image, see
-    ``DiffusionConfig.sample_start``). Returns the timesteps."""
+    ``DiffusionConfig.sample_start``). One step from pure noise runs at T − 1, not at the first
+    point of a "leading" or "linspace" grid, which is t = 0 (schedulers that take no explicit
+    timesteps, DDIM's, keep their grid: ``make_plan`` refuses that case). Returns the timesteps."""
+    explicit = "timesteps" in inspect.signature(scheduler.set_timesteps).parameters
+    if start is None and steps == 1 and explicit:
+        start = scheduler.config.num_train_timesteps - 1
     if start is None:
         scheduler.set_timesteps(steps, device=device)
         return scheduler.timesteps
-    if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+    if not explicit:
         raise ValueError(f"sample_start: the {type(scheduler).__name__} cannot start part-way; use the ddpm or "
                          "dpmpp sampler")
     last = scheduler.config.num_train_timesteps - 1

@@ -12,7 +12,9 @@ Every figure uses fixed seeds and the caption grammar ``"{annotation}, {style} s
   source concept), and interpolations between two concepts.
 
 The real renders' features (the gallery: every image of every split at the decoder's size) are
-computed once and cached beside the data, in ``<data>/features/``.
+computed once and cached beside the data, in ``<data>/features/``, with the concepts, styles and
+built size they were read from; a cache of other renders is computed again. A set without
+held-out pairs is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -82,27 +84,57 @@ def _built_side(root: Path, side: int) -> int:
     return int(split_folder(root, side, "train").parent.name)
 
 
+def _index(renders: list[tuple[EmojiDataset, int]]) -> Gallery:
+    metas = [data.meta(i) for data, i in renders]
+    return Gallery(torch.empty(0), [m["concept"] for m in metas], [m["style"] for m in metas])
+
+
+def render_index(root: str | Path, side: int) -> Gallery:
+    """Every real render's (concept, style) at ``side``, in the gallery's order, without features
+    (their metadata only: no image is decoded)."""
+    return _index(_all_renders(Path(root), side))
+
+
 def gallery(root: str | Path, side: int, features: Features, *, batch: int = 50, cache: bool = True) -> Gallery:
-    """The features of every real render at ``side``, from ``<root>/features/`` when cached."""
+    """The features of every real render at ``side``, from ``<root>/features/`` when cached from
+    the same renders (the same concepts and styles in the same order, read at the same built size)."""
     root = Path(root)
     path = root / "features" / f"gallery_{side}.safetensors"
-    index = path.with_suffix(".json")
-    if cache and path.is_file() and index.is_file():
-        keys = json.loads(index.read_text())
-        return Gallery(load_file(str(path))["features"], keys["concepts"], keys["styles"])
     renders = _all_renders(root, side)
-    feats, concepts, styles = [], [], []
-    for _, chunk in in_batches(renders, batch, f"real renders {side}×{side}"):
-        feats.append(F.normalize(features(torch.stack([data[i]["image"] for data, i in chunk])).float(), dim=-1))
-        metas = [data.meta(i) for data, i in chunk]
-        concepts += [m["concept"] for m in metas]
-        styles += [m["style"] for m in metas]
-    found = Gallery(torch.cat(feats), concepts, styles)
+    found, built = _index(renders), _built_side(root, side)
+    cached = _cached(path, found, built) if cache else None
+    if cached is not None:
+        return cached
+    feats = [F.normalize(features(torch.stack([data[i]["image"] for data, i in chunk])).float(), dim=-1)
+             for _, chunk in in_batches(renders, batch, f"real renders {side}×{side}")]
+    found.features = torch.cat(feats)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"features": found.features.contiguous()}, str(path))
-        index.write_text(json.dumps({"concepts": concepts, "styles": styles}))
+        index = {"concepts": found.concepts, "styles": found.styles, "built": built}
+        path.with_suffix(".json").write_text(json.dumps(index))
     return found
+
+
+def _cached(path: Path, current: Gallery, built: int) -> Gallery | None:
+    """The gallery cached at ``path`` when it was computed from the renders ``current`` indexes,
+    else None, with a note saying why it is computed again."""
+    index = path.with_suffix(".json")
+    if not (path.is_file() and index.is_file()):
+        return None
+    keys = json.loads(index.read_text())
+    features = load_file(str(path))["features"]
+    stale = None
+    if keys.get("built", built) != built:  # caches written before "built" was kept pass on the lists alone
+        stale = f"computed from the {keys['built']} px renders, the data now reads the {built} px ones"
+    elif (keys["concepts"], keys["styles"]) != (current.concepts, current.styles):
+        stale = f"computed from other renders ({len(keys['concepts'])} then, {len(current.concepts)} now)"
+    elif len(features) != len(current.concepts):
+        stale = f"holds {len(features)} features for {len(current.concepts)} renders"
+    if stale:
+        tqdm.write(f"{path}: {stale}; computing the gallery again")
+        return None
+    return Gallery(features, current.concepts, current.styles)
 
 
 def nearest(query: torch.Tensor, found: Gallery, style: str | None = None, k: int = 5) -> list[tuple[list[str], str]]:
@@ -293,12 +325,21 @@ def read_metadata(root: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def read_eval_metadata(root: Path) -> dict:
+    """:func:`read_metadata`, refusing a set without held-out pairs, whose figures the emoji suites
+    report (said before anything is generated, not after)."""
+    meta = read_metadata(root)
+    if not meta.get("held_out"):
+        raise ValueError(f"--data {root} has no held-out pairs: build it with at least two styles and --held-out > 0")
+    return meta
+
+
 def run_emoji_eval(pipe, settings: EmojiEvalSettings, *, features: Features | None = None) -> dict:
     """All the emoji figures as a JSON-ready dict."""
     from unclip.evaluation.fid import InceptionFeatures
 
     root = Path(settings.data)
-    meta = read_metadata(root)
+    meta = read_eval_metadata(root)
     features = features or InceptionFeatures(pipe.device)
     found = gallery(root, pipe.sizes[0], features, batch=settings.batch)
     pairs = prompt_pairs(meta, found, settings.prompts, settings.seed)
@@ -319,10 +360,9 @@ def run_emoji_eval(pipe, settings: EmojiEvalSettings, *, features: Features | No
 
 
 def sheet_prompts(root: Path, side: int, seed: int, n: int = 4) -> list[str]:
-    """The sample sheet's captions: ``n`` seen and ``n`` held-out prompts (the gallery at ``side``
-    must be cached: run :func:`run_emoji_eval` first)."""
+    """The sample sheet's captions: ``n`` seen and ``n`` held-out prompts of the renders at ``side``."""
     meta = json.loads((Path(root) / "metadata.json").read_text())
-    pairs = prompt_pairs(meta, gallery(root, side, features=None), n, seed)
+    pairs = prompt_pairs(meta, render_index(root, side), n, seed)
     return [caption(meta["annotations"][c], s) for c, s in pairs["seen"] + pairs["held_out"]]
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from unclip.data.emoji import caption
-from unclip.evaluation.emoji import Gallery, _all_renders, _renders, prompt_pairs, read_metadata
+from unclip.evaluation.emoji import _renders, prompt_pairs, read_eval_metadata, render_index
 from unclip.evaluation.report import in_batches
 
 PARAPHRASE = "an emoji of {}"
@@ -35,12 +35,6 @@ class EmojiClipSettings:
     seed: int = 0
 
 
-def _index(root: Path, side: int) -> Gallery:
-    """Every render's (concept, style), without features."""
-    metas = [data.meta(i) for data, i in _all_renders(root, side)]
-    return Gallery(torch.empty(0), [m["concept"] for m in metas], [m["style"] for m in metas])
-
-
 @torch.no_grad()
 def _text(clip, captions: list[str], batch: int, desc: str) -> torch.Tensor:
     parts = [clip.encode_text(chunk).emb for _, chunk in in_batches(captions, batch, desc)]
@@ -50,17 +44,17 @@ def _text(clip, captions: list[str], batch: int, desc: str) -> torch.Tensor:
 def _rank_hits(image: torch.Tensor, text: torch.Tensor, right: list[int]) -> tuple[int, int]:
     """(top-1, top-5) hits of each image row's right candidate among the text rows."""
     top = (image @ text.T).topk(min(5, len(text)), dim=-1).indices
-    right_t = torch.tensor(right)[:, None]
+    right_t = torch.tensor(right, device=top.device)[:, None]
     return int((top[:, :1] == right_t).sum()), int((top == right_t).any(-1).sum())
 
 
 @torch.no_grad()
 def run_emoji_clip_eval(clip, settings: EmojiClipSettings) -> dict:
-    """The zero-shot figures of ``clip`` (a ClipEncoder) as a JSON-ready dict."""
+    """The zero-shot figures of ``clip`` (a ClipEncoder, on any device) as a JSON-ready dict."""
     root = Path(settings.data)
-    meta = read_metadata(root)
+    meta = read_eval_metadata(root)
     names = meta["annotations"]
-    index = _index(root, clip.image_size)
+    index = render_index(root, clip.image_size)
     pairs = prompt_pairs(meta, index, settings.prompts, settings.seed)
     styles = sorted(set(index.styles))
     by_style = {s: sorted({c for c, t in zip(index.concepts, index.styles) if t == s}) for s in styles}
@@ -73,7 +67,8 @@ def run_emoji_clip_eval(clip, settings: EmojiClipSettings) -> dict:
         renders = _renders(root, clip.image_size, chosen)
         chosen = [p for p in chosen if p in renders]
         image = F.normalize(torch.cat([clip.encode_image(torch.stack([renders[p] for p in chunk]))
-                                       for _, chunk in in_batches(chosen, settings.batch, f"images: {name}")]), dim=-1)
+                                       for _, chunk in in_batches(chosen, settings.batch, f"images: {name}")]).float(),
+                            dim=-1)
         own = _text(clip, [caption(names[c], s) for c, _ in chosen for s in styles], settings.batch,
                     f"style captions: {name}").reshape(len(chosen), len(styles), -1)
         top1 = top5 = para5 = 0

@@ -25,7 +25,7 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from unclip.config import Stage
+from unclip.config import Prediction, Stage
 from unclip.data.images import image_to_tensor, tensor_to_pil
 from unclip.diffusion.sampling import sample_loop
 from unclip.diffusion.schedule import Sampler, inverse_scheduler
@@ -64,7 +64,18 @@ def _prepare(pipe, purpose: str, options: SamplingOptions, *, inverts: bool) -> 
     """(output side, stage plan) of a manipulation, once the pipeline is known to have a decoder."""
     pipe.require(Stage.decoder, purpose)
     size = pipe.check_size(options.size)
-    return size, manipulation_plan(pipe, size, options, inverts=inverts)
+    plan = manipulation_plan(pipe, size, options, inverts=inverts)
+    if inverts and plan[Stage.decoder].diffusion.prediction is Prediction.x0:
+        raise ValueError(f"{purpose}: DDIM inversion needs an eps or v decoder; this one predicts x0, whose "
+                         "first inverse step divides by zero")
+    return size, plan
+
+
+def _one_generator(options: SamplingOptions, device: torch.device, purpose: str) -> torch.Generator:
+    """The single random source of a call that draws one set of frames (not one row per generator)."""
+    if isinstance(options.generator, (list, tuple)):
+        raise ValueError(f"generator: {purpose} draws one set of frames; pass one torch.Generator, not a list")
+    return options.make_generator(device)
 
 
 @torch.no_grad()
@@ -97,8 +108,9 @@ def variations(pipe, image: ImageInput, n: int, options: SamplingOptions, *, eta
     """``n`` variations of an image (paper §3.1): its (z_i, x_T) decoded with DDIM ``eta``
     (0 reconstructs the image, larger values vary more), then upsampled to ``options.size``."""
     check_count("n", n)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 10:
-        raise ValueError(f"eta: expected a number in [0, 10] (0 reconstructs, 1 ≈ DDPM), got {eta!r}")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
+        raise ValueError(f"eta: expected a number in [0, 1] (0 reconstructs, 1 ≈ DDPM; above 1 DDIM's noise "
+                         f"variance can go negative), got {eta!r}")
     size, plan = _prepare(pipe, "variations", options, inverts=True)
     image = load_image(image)
     with options.autocast(pipe.device):
@@ -125,7 +137,7 @@ def interpolate(pipe, image_a: ImageInput, image_b: ImageInput, frames: int, opt
     size, plan = _prepare(pipe, "interpolate", options, inverts=mode is NoiseMode.inverted)
     a, b = load_image(image_a, "image_a"), load_image(image_b, "image_b")
     with options.autocast(pipe.device):
-        g = options.make_generator(pipe.device)
+        g = _one_generator(options, pipe.device, "interpolate")
         image_emb, x_T = _interpolation_latents(pipe, a, b, frames, mode, plan[Stage.decoder], g, options.progress)
         return _decode_frames(pipe, image_emb, x_T, size, plan, g, options.progress)
 
@@ -166,12 +178,16 @@ def text_diff(pipe, image: ImageInput, from_text: str, to_text: str, thetas: Seq
         raise ValueError(f"thetas: expected one or more numbers in [0, 1], got {values!r}")
     size, plan = _prepare(pipe, "text_diff", options, inverts=True)
     image = load_image(image)
+    g = _one_generator(options, pipe.device, "text_diff")
     with options.autocast(pipe.device):
+        text_emb = pipe.clip.encode_text([from_text, to_text]).emb.float()  # (2, D)
+        if (text_emb[1] - text_emb[0]).norm() <= 1e-6 * text_emb[1].norm():
+            raise ValueError(f"to_text: {to_text!r} has the same CLIP text embedding as from_text {from_text!r}, "
+                             "so there is no direction to move in")
         latent = _invert_image(pipe, image, plan[Stage.decoder], options.progress)
-        text_emb = pipe.clip.encode_text([from_text, to_text]).emb  # (2, D)
         z = text_diff_embeddings(latent.image_emb[0], text_emb[0], text_emb[1], torch.tensor(values))
         x_T = latent.x_T.expand(len(values), -1, -1, -1)
-        return _decode_frames(pipe, z, x_T, size, plan, options.make_generator(pipe.device), options.progress)
+        return _decode_frames(pipe, z, x_T, size, plan, g, options.progress)
 
 
 def _decode_frames(pipe, image_emb: torch.Tensor, x_T: torch.Tensor, size: int, plan: dict[Stage, StageRun],

@@ -29,6 +29,7 @@ from unclip.config import (
     UpsamplerStageConfig,
     Variance,
 )
+from unclip.diffusion.sampling import set_timesteps
 from unclip.diffusion.schedule import Sampler, make_scheduler, samplers_other_than_unclip
 
 StageValue = Any  # a number or sampler name for every stage, or {stage: value}
@@ -195,8 +196,19 @@ def make_plan(sampling: Mapping[Stage, StageSampling], stages: Sequence[Stage],
         if kind is Sampler.unclip and defaults.diffusion.beta_schedule is not BetaSchedule.cosine:
             raise ValueError(f"sampler: 'unclip' needs the cosine schedule, but the {stage} uses "
                              f"{defaults.diffusion.beta_schedule.value}; use {samplers_other_than_unclip()}")
+        if kind is Sampler.unclip and n < 2:
+            raise ValueError(f"steps: the 'unclip' sampler needs at least 2 steps (the {stage} got 1); "
+                             f"use {samplers_other_than_unclip()} for one step")
+        if n == 1 and defaults.diffusion.sample_start is None and _first_timestep(defaults.diffusion, kind) == 0:
+            raise ValueError(f"steps: one {kind.value} step of the {stage} would run at t = 0, on pure noise; "
+                             "use the ddpm sampler (its one step runs at t = 999) or more steps")
         plan[stage] = StageRun(defaults.diffusion, kind, n, float(g), _tile(options.tile, stage, defaults.tile))
     return plan
+
+
+def _first_timestep(diffusion: DiffusionConfig, sampler: Sampler) -> int:
+    """The timestep a one-step sample from pure noise would run at on ``sampler``'s own grid."""
+    return int(set_timesteps(make_scheduler(diffusion, sampler), 1)[0])
 
 
 def _tile(value: StageValue, stage: Stage, default: int | None) -> int | None:
