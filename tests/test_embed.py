@@ -134,3 +134,9 @@ def test_the_monitor_reads_the_data_the_embeddings_came_from(embeddings, tmp_pat
     (gone / "metadata.json").write_text(json.dumps({**meta, "source": {"kind": "emoji", "path": str(tmp_path / "x")}}))
     data = DataConfig(kind=DatasetKind.embeddings, path=str(gone))
     assert monitor_data(data) is data and "is not there" in capsys.readouterr().out
+
+
+def test_embed_refuses_an_unknown_device_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("unclip.config.load_stage_config", lambda *args: pytest.fail("loaded before checking"))
+    assert cli(["embed", "--config", PRIOR, "--output", str(tmp_path / "x"), "--device", "gpu"]) == 2
+    assert "--device: 'gpu' is not a torch device" in capsys.readouterr().err

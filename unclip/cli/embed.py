@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--shard-size", args.shard_size)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.device is not None:
+        common.pick_device(args.device)  # a device torch or this machine lacks: said before loading
     cfg = load_stage_config(args.config, args.overrides)
     if not hasattr(cfg, "clip"):
         raise ValueError(f"{args.config} has no clip section (use a clip, prior or decoder config)")
@@ -80,7 +82,7 @@ def _encode(cfg, args: argparse.Namespace, out, state) -> int:
     from unclip.training.stages.common import frozen_clip
 
     rank, world = state.process_index, state.num_processes
-    device = torch.device(args.device) if args.device and world == 1 else state.device
+    device = common.pick_device(args.device) if args.device and world == 1 else state.device
     clip = frozen_clip(cfg, device)
     dataset = build_dataset(cfg.data, rank=rank, world_size=world)  # iterable sets read their share
     share = _share(dataset, args.limit, rank, world)
