@@ -244,6 +244,15 @@ def test_one_step_from_pure_noise_runs_at_the_last_timestep_where_the_scheduler_
     assert [int(t) for t in set_timesteps(scheduler, 1)] == [first]
 
 
+@pytest.mark.parametrize("sampler", [Sampler.ddpm, Sampler.dpmpp])
+def test_an_x0_models_output_is_clipped_to_its_range_by_every_sampler(sampler):
+    cfg = DiffusionConfig(prediction=Prediction.x0, clip_sample_range=10.0, variance=Variance.fixed_small)
+    far = lambda x, t: torch.full_like(x, 50.0)  # noqa: E731  an x0 estimate outside the prior's ±10
+    x0 = sample_loop(far, make_scheduler(cfg, sampler), torch.zeros(1, 4), 5, progress=False,
+                     generator=torch.Generator().manual_seed(0))
+    assert x0.abs().max() <= 10.0 + 1e-4 and x0.min() > 9.0, x0
+
+
 def test_dpmpp_survives_an_imperfect_eps_model_at_the_end_of_the_cosine_schedule():
     cfg = DiffusionConfig(beta_schedule=BetaSchedule.cosine)
     diffusion = GaussianDiffusion(cfg)

@@ -33,6 +33,17 @@ def _step_kwargs(scheduler, timesteps, i: int, generator, eta: float) -> dict:
     return dict(generator=generator)
 
 
+def _x0_clamp(scheduler) -> float | None:
+    """The range an x0 model's output is clipped to where the scheduler would not: DPM-Solver++
+    clips x_0 only by thresholding, which for a range above 1 rescales instead of clipping, so
+    ``make_scheduler`` leaves it off for x0 stages (the prior's ±10); DDPM and DDIM clip."""
+    config = scheduler.config
+    if isinstance(scheduler, DPMSolverMultistepScheduler) and config.prediction_type == "sample" \
+            and not config.thresholding:
+        return float(config.sample_max_value)
+    return None
+
+
 def _handles_learned_variance(scheduler) -> bool:
     if isinstance(scheduler, (DDIMScheduler, DDIMInverseScheduler)):
         return False  # DDIM's step does not strip variance channels
@@ -78,12 +89,15 @@ def sample_loop(model_fn: ModelFn, scheduler, x_T: torch.Tensor, steps: int, *, 
         raise ValueError(f"steps must be at least 1, got {steps}")
     set_timesteps(scheduler, steps, start, device=x_T.device)
     timesteps = scheduler.timesteps
+    clamp = _x0_clamp(scheduler)
     x = x_T * getattr(scheduler, "init_noise_sigma", 1.0)
     for i, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, leave=False)):
         model_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         out = model_fn(model_in, t.reshape(1).expand(len(x)).to(x.device))
         if channels is not None and not _handles_learned_variance(scheduler):
             out = out[:, :channels]
+        if clamp is not None:
+            out = out.clamp(-clamp, clamp)
         x = scheduler.step(out, t, x, **_step_kwargs(scheduler, timesteps, i, generator, eta)).prev_sample
     return x
 
