@@ -449,7 +449,8 @@ def _yaml(text: str, where: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         reason = " ".join(str(e).split())
-        raise ConfigError(f"{where}: not valid YAML ({reason}); quote a value that starts with *, &, !, % or @") from None
+        raise ConfigError(f"{where}: not valid YAML ({reason}); quote a value that starts with *, &, !, % "
+                          "or @") from None
 
 
 def load_stage_config(path: str | Path, overrides: list[str] | None = None) -> StageConfig:

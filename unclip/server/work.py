@@ -21,6 +21,7 @@ from PIL import Image
 
 from unclip.pipeline import UnCLIPPipeline
 from unclip.pipeline.inpaint import resize_square
+from unclip.pipeline.inputs import check_count
 from unclip.pipeline.outpaint import Margins
 from unclip.pipeline.plan import SamplingOptions, StageValue
 from unclip.pipeline.watermark import add_signature
@@ -85,9 +86,7 @@ class Worker:
 
     def __init__(self, pipe: UnCLIPPipeline, store: ImageStore, *, steps: StageValue = None, eta: float = 1.0,
                  resample: int = 0, watermark: bool = False, precision: str = "fp32", max_batch: int = 10):
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch: expected a whole number >= 1, got {max_batch!r}")
-        self.pipe, self.store, self.max_batch = pipe, store, max_batch
+        self.pipe, self.store, self.max_batch = pipe, store, check_count("max_batch", max_batch)
         self.steps, self.eta, self.resample, self.watermark = steps, eta, resample, watermark
         SamplingOptions(precision=precision)  # a bad precision fails now
         self.precision = precision

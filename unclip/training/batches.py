@@ -74,8 +74,9 @@ def batch_stream(dataset: Dataset | IterableDataset, batch_size: int, *, start_s
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
     """Endless batches (dicts of stacked tensors and lists of strings), from this rank's position
     ``start_sample`` (a resumed run: the samples each rank has consumed, whatever batch size it
-    consumed them in; read-in-order data skip whole batches, exact when it divides); ``pin_memory`` (for a GPU) puts each batch in page-locked memory, so that copying it to the GPU
-    does not wait for the host."""
+    consumed them in; read-in-order data skip whole batches, exact when it divides); ``pin_memory``
+    (for a GPU) puts each batch in page-locked memory, so that copying it to the GPU does not wait
+    for the host."""
     loader_args = {"batch_size": batch_size, "num_workers": num_workers, "persistent_workers": num_workers > 0,
                    "pin_memory": pin_memory}
     if isinstance(dataset, IterableDataset) and not callable(getattr(dataset, "item", None)):

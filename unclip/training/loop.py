@@ -216,7 +216,9 @@ class _Run:
 
     def loop(self, progress: bool) -> Path:
         tc, accelerator, main = self.tc, self.accelerator, self.accelerator.is_main_process
-        batches = batch_stream(self.task.dataset, tc.batch_size, start_sample=-(-self.start_samples // accelerator.num_processes),
+        ranks = accelerator.num_processes
+        per_rank = (self.start_samples + ranks - 1) // ranks  # each rank's share consumed so far, rounded up
+        batches = batch_stream(self.task.dataset, tc.batch_size, start_sample=per_rank,
                                seed=self.cfg.data.seed, rank=accelerator.process_index,
                                world_size=accelerator.num_processes, num_workers=tc.num_workers,
                                pin_memory=accelerator.device.type == "cuda")
@@ -409,13 +411,11 @@ def apply_training_settings(optimizer, scheduler, tc: TrainingConfig) -> None:
     """A resumed run trains with the config's optimiser settings, not the checkpoint's: the restored
     state carries the old peak rate (base_lrs, initial_lr), betas, eps and weight decay, and the rate
     of the old schedule for the next step. Set them from ``tc``; the schedule's position is kept."""
-    for group in optimizer.param_groups:
-        group.update(initial_lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
-                     weight_decay=tc.weight_decay)
-    scheduler.base_lrs = [tc.lr] * len(optimizer.param_groups)
     rate = tc.lr * lr_factor(tc)(scheduler.last_epoch)  # the rate the next step uses
     for group in optimizer.param_groups:
-        group["lr"] = rate
+        group.update(lr=rate, initial_lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
+                     weight_decay=tc.weight_decay)
+    scheduler.base_lrs = [tc.lr] * len(optimizer.param_groups)
 
 
 def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
