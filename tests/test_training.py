@@ -516,3 +516,26 @@ def test_a_resume_with_another_batch_size_continues_at_the_samples_consumed(tmp_
     run_toy(toy_config(steps=3, batch_size=8), tmp_path / "parts", build=toy_build(loss=recording(parts)),
             resume=True)  # one step of 8 samples: the 8 an uninterrupted run would have read next
     assert parts == whole
+
+
+def test_the_clip_loss_bounds_the_temperature_itself():
+    """open_clip keeps logit_scale ≤ log 100 by clamping the parameter after each step; under
+    ZeRO-3 that clamp meets an empty shard, so the loss bounds the scale it uses as well."""
+    from unclip.config import load_stage_config
+    from unclip.training.stages import build_task
+    from unclip.training.stages.common import StageContext
+
+    cfg = load_stage_config(ROOT / "configs" / "tiny" / "clip.yaml")
+    task = build_task(cfg, StageContext(torch.device("cpu"), 0, 1))
+    batch = {"image": torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+             "caption": ["a red circle", "a blue square", "a green triangle", "a red square"]}
+
+    def loss_at(log_scale: float) -> float:
+        with torch.no_grad():
+            task.model.logit_scale.fill_(log_scale)
+            return task.loss(task.model, batch)["loss"].item()
+
+    assert loss_at(math.log(1000)) == pytest.approx(loss_at(math.log(100)), rel=1e-6)
+    assert loss_at(math.log(10)) != pytest.approx(loss_at(math.log(100)), rel=1e-3)
+    task.after_step(task.model)  # and the parameter itself where this rank holds it whole
+    assert task.model.logit_scale.item() == pytest.approx(math.log(100))

@@ -18,6 +18,7 @@ from unclip.networks.clip import OPENAI_MEAN, OPENAI_STD, ClipEncoder, context_l
 from unclip.training.stages.common import StageContext, StageTask, held_out_samples
 
 MONITOR_COUNT = 32  # held-out pairs for the retrieval monitor
+MAX_LOG_SCALE = math.log(100)  # open_clip's bound: a temperature of at most 100
 
 
 def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
@@ -44,11 +45,14 @@ def build(cfg: ClipStageConfig, ctx: StageContext) -> StageTask:
         out = clip(pixels(batch["image"]), tokens(batch["caption"]))
         image_features, text_features, logit_scale = out[:3] if isinstance(out, tuple) else (
             out["image_features"], out["text_features"], out["logit_scale"])
-        return {"loss": clip_loss(image_features, text_features, logit_scale)}
+        # the bound also holds in the loss itself: under ZeRO-3 a rank's logit_scale outside a
+        # forward is an empty shard, so the in-place clamp below leaves the gathered value alone
+        scale = logit_scale.clamp(1.0, math.exp(MAX_LOG_SCALE))
+        return {"loss": clip_loss(image_features, text_features, scale)}
 
     def after_step(clip) -> None:
-        with torch.no_grad():  # open_clip's clamp: a temperature of at most 100
-            clip.logit_scale.clamp_(0, math.log(100))
+        with torch.no_grad():  # open_clip's clamp of the parameter, where this rank holds it whole
+            clip.logit_scale.clamp_(0, MAX_LOG_SCALE)
 
     images, captions = held_out_samples(cfg.data, side, MONITOR_COUNT)
     shapes = cfg.data.kind is DatasetKind.shapes  # the relation probe renders shapes scenes
