@@ -143,13 +143,16 @@ def test_the_server_answers_a_flagged_prompt_with_a_content_policy_error(tiny_pi
     from unclip.server import create_app
 
     app = create_app(tiny_pipeline, steps=1, prompt_filter=Blocklist(["star"]))
+    long_flagged = "a yellow " + "circle " * 100 + "star"  # the entry lies past CLIP's 77 tokens
     with testclient.TestClient(app) as client:
         flagged = client.post("/v1/images/generations", json={"prompt": "a yellow star", "response_format": "b64_json"})
+        late = client.post("/v1/images/generations", json={"prompt": long_flagged, "response_format": "b64_json"})
         fine = client.post("/v1/images/generations", json={"prompt": "a yellow circle", "response_format": "b64_json"})
-    assert flagged.status_code == 400
-    error = flagged.json()["error"]
-    assert error["code"] == "content_policy_violation" and error["param"] == "prompt"
-    assert error["type"] == "invalid_request_error"
+    for refused in (flagged, late):
+        assert refused.status_code == 400
+        error = refused.json()["error"]  # OpenAI's words: the blocklist's entries are not revealed
+        assert error == {"message": "Your request was rejected as a result of our safety system.",
+                         "type": "invalid_request_error", "param": None, "code": "content_policy_violation"}
     assert fine.status_code == 200 and len(fine.json()["data"]) == 1
 
 

@@ -209,7 +209,7 @@ JSON_CASES = [
     ("empty prompt", {"prompt": "  "}, "prompt"),
     ("prompt not text", {"prompt": 42}, "prompt"),
     ("prompt over 1000 chars", {"prompt": "a" * 1001}, "prompt"),
-    ("prompt over CLIP's tokens", {"prompt": LONG_IN_TOKENS}, "prompt"),
+    ("prompt with a lone surrogate", {"prompt": "a red \ud800 circle"}, "prompt"),
     ("n zero", {"prompt": PROMPT, "n": 0}, "n"),
     ("n eleven", {"prompt": PROMPT, "n": 11}, "n"),
     ("n fractional", {"prompt": PROMPT, "n": 1.5}, "n"),
@@ -236,6 +236,7 @@ RAW_JSON_CASES = [
     ("malformed JSON", b'{"prompt": "a circle",', "application/json"),
     ("JSON array", b'["a circle"]', "application/json"),
     ("not JSON", b"prompt=a+circle", "application/x-www-form-urlencoded"),
+    ("JSON nested past the parser's depth", b'{"prompt": ' + b"[" * 5000, "application/json"),
 ]
 
 
@@ -299,6 +300,55 @@ def test_bad_upload_is_400(server, case, endpoint, files, fields, param):
     assert_error(response, 400, param)
 
 
+def test_a_prompt_past_clips_tokens_is_cut_and_returned_as_revised_prompt(client, tiny_pipeline):
+    """The API allows 1000 characters; CLIP reads 77 tokens. The server samples the leading words
+    that fit and says so in each image's ``revised_prompt`` (absent where nothing was cut)."""
+    clip = tiny_pipeline.clip
+    long = client.images.generate(prompt=LONG_IN_TOKENS, n=2, size="256x256", response_format="b64_json")
+    revised = {item.revised_prompt for item in long.data}
+    (text,) = revised
+    assert clip.token_count(LONG_IN_TOKENS) > clip.context_length >= clip.token_count(text)
+    assert clip.token_count(text + " circle") > clip.context_length  # the longest run of words that fits
+    assert LONG_IN_TOKENS.startswith(text)
+    short = client.images.generate(prompt=PROMPT, size="256x256", response_format="b64_json")
+    assert short.data[0].revised_prompt is None
+
+
+def test_fit_prompt_cuts_at_words_and_inside_one_overlong_word(tiny_pipeline):
+    from unclip.pipeline.inputs import fit_prompt
+
+    clip = tiny_pipeline.clip
+    assert fit_prompt(clip, "a  red\tcircle") == "a  red\tcircle"  # fits: untouched
+    word = "ab" * 400
+    cut = fit_prompt(clip, word + " circle")
+    assert word.startswith(cut) and clip.token_count(cut) <= clip.context_length < clip.token_count(cut + "ab")
+
+
+def test_a_failure_while_sampling_is_a_500_the_client_does_not_retry(tiny_pipeline, monkeypatch):
+    """The input passed every check, so a ValueError from the pipeline at run time is the server's
+    fault: not a 400 that blames the client; a 5xx of the framework stays one too."""
+    from fastapi import HTTPException
+    from fastapi.testclient import TestClient
+
+    def broken(*args, **kwargs):
+        raise ValueError("prompt: something inside the pipeline went wrong")
+
+    app = create_app(tiny_pipeline, steps=1, model_name=MODEL)
+
+    def unavailable():
+        raise HTTPException(503, "down for maintenance")
+
+    app.add_api_route("/unavailable", unavailable)
+    monkeypatch.setattr(tiny_pipeline, "generate", broken)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        failed = http.post("/v1/images/generations", json={"prompt": PROMPT, "response_format": "b64_json"})
+        down = http.get("/unavailable")
+    for response, status in ((failed, 500), (down, 503)):
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["type"] == "server_error"
+        assert response.headers["x-should-retry"] == "false" and response.headers["x-request-id"]
+
+
 @pytest.mark.parametrize("body, content_type", [
     (b"--xyz\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc", "multipart/form-data; boundary=xyz"),
     (b"garbage", "multipart/form-data"),  # no boundary
@@ -317,6 +367,7 @@ def assert_error(response, status: int, param: str | None) -> None:
     assert body["error"]["param"] == param, body
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["message"] and "Traceback" not in body["error"]["message"]
+    assert response.headers.get("x-request-id")  # the openai client's e.request_id
 
 
 def test_neutral_fields_from_newer_clients_are_accepted(server):

@@ -42,6 +42,27 @@ def check_prompts(clip: ClipEncoder, prompts: str | Sequence[str], name: str = "
     return items
 
 
+def fit_prompt(clip: ClipEncoder, text: str) -> str:
+    """``text`` itself when it fits CLIP's context, else its longest run of leading words that does
+    (whitespace joined by single spaces; one word longer than the context is cut in characters)."""
+    limit = clip.context_length
+    if clip.token_count(text) <= limit:
+        return text
+    words = text.split()
+    if clip.token_count(words[0]) > limit:
+        return words[0][:_longest_fit(lambda k: clip.token_count(words[0][:k]) <= limit, len(words[0]))]
+    return " ".join(words[:_longest_fit(lambda k: clip.token_count(" ".join(words[:k])) <= limit, len(words))])
+
+
+def _longest_fit(fits, n: int) -> int:
+    """The largest k in [1, n) with ``fits(k)``, given fits(1) and not fits(n) (bisection)."""
+    lo, hi = 1, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def load_image(image: ImageInput, name: str = "image") -> Image.Image:
     """An RGB PIL image from a PIL image or a path; it must be square."""
     if not isinstance(image, Image.Image):

@@ -106,10 +106,11 @@ def add_image_routes(api: APIRouter, jobs: JobBuilder, queue: WorkQueue) -> None
         """Take a queue slot, build the job from the request, run it, answer an ImagesResponse."""
         slot = reserve(queue)
         try:
-            job = await build(request)
-            result = await queue.submit(job, disconnected=request.is_disconnected)
-        except ValueError as err:  # the pipeline refused the input
-            raise from_value_error(err) from None
+            try:
+                job = await build(request)
+            except ValueError as err:  # the pipeline's own checks refused the input
+                raise from_value_error(err) from None
+            result = await queue.submit(job, disconnected=request.is_disconnected)  # a failure here is a 500
         except ClientGone:
             return Response(status_code=499)  # nobody is listening
         finally:

@@ -8,6 +8,7 @@ deterministic failure such as running out of memory would only repeat) and no tr
 from __future__ import annotations
 
 import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,7 +37,7 @@ class APIError(Exception):
 def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
                    type: str = INVALID_REQUEST, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers={"x-request-id": uuid.uuid4().hex, **(headers or {})})
 
 
 def from_value_error(err: ValueError) -> APIError:
@@ -63,8 +64,11 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException):
-        status = err.status_code if err.status_code < 500 else 400
-        return error_response(status, str(err.detail), headers=getattr(err, "headers", None))
+        headers = dict(getattr(err, "headers", None) or {})
+        if err.status_code >= 500:  # a server fault stays one; the client is told not to retry it
+            headers["x-should-retry"] = "false"
+        kind = INVALID_REQUEST if err.status_code < 500 else "server_error"
+        return error_response(err.status_code, str(err.detail), type=kind, headers=headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, err: Exception):

@@ -6,10 +6,12 @@ first bad one), and returns the job; nothing here touches the networks except CL
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import Request
 
 from unclip.pipeline import UnCLIPPipeline
-from unclip.pipeline.inputs import check_prompts
+from unclip.pipeline.inputs import check_prompts, fit_prompt
 from unclip.pipeline.inpaint import keep_mask
 from unclip.pipeline.outpaint import Margins, window_side
 from unclip.safety import ContentPolicyViolation, PromptFilter, check_prompt
@@ -27,6 +29,9 @@ from unclip.server.work import (
     Worker,
 )
 
+log = logging.getLogger("unclip.server")
+
+SAFETY_MESSAGE = "Your request was rejected as a result of our safety system."  # OpenAI's words
 MAX_FRAMES = 16
 MAX_MARGIN = 1024  # pixels an outpaint request may add on one side
 
@@ -37,37 +42,38 @@ class JobBuilder:
         self.pipeline, self.worker, self.model_name, self.prompt_filter = pipeline, worker, model_name, prompt_filter
         self.public_url = public_url.rstrip("/") + "/" if public_url else None
 
-    def delivery(self, request: Request, common) -> Delivery:
-        return Delivery(common, self.public_url or str(request.base_url))
+    def delivery(self, request: Request, common, revised_prompt: str | None = None) -> Delivery:
+        return Delivery(common, self.public_url or str(request.base_url), revised_prompt)
 
-    def prompt(self, value) -> str:
+    def prompt(self, value) -> tuple[str, str | None]:
+        """The prompt to sample, and the same text again where it had to be cut to CLIP's context
+        (the response's ``revised_prompt``; the API allows 1000 characters, CLIP reads 77 tokens)."""
         prompt = parse_prompt(value)
         try:
-            prompt = check_prompts(self.pipeline.clip, prompt)[0]  # CLIP's token limit
-        except ValueError as err:
-            raise APIError(str(err), param="prompt", code="string_above_max_length") from None
-        try:
-            return check_prompt(self.prompt_filter, prompt)
+            check_prompt(self.prompt_filter, prompt)  # the whole text, before any cut
         except ContentPolicyViolation as err:
-            raise APIError(str(err), param="prompt", code="content_policy_violation") from None
+            log.info("refused a prompt: %s", err)  # the client is not told which entry matched
+            raise APIError(SAFETY_MESSAGE, code="content_policy_violation") from None
+        fitted = fit_prompt(self.pipeline.clip, prompt)
+        return check_prompts(self.pipeline.clip, fitted)[0], (fitted if fitted != prompt else None)
 
     async def generation(self, request: Request) -> Job:
         fields = await read_json(request)
-        prompt = self.prompt(fields.get("prompt"))
+        prompt, revised = self.prompt(fields.get("prompt"))
         common = parse_common(fields, self.model_name, text=False)
-        task = GenerateTask(prompt, self.delivery(request, common))
+        task = GenerateTask(prompt, self.delivery(request, common, revised))
         key = ("generate", self.worker.source_side(common.side))  # generations of one stage batch together
         return Job(run=self.worker.generate, payload=task, key=key, weight=common.n)
 
     async def edit(self, request: Request) -> Job:
         fields, files = await read_form(request)
         image = read_png(file_part(files, fields, "image"), "image")
-        prompt = self.prompt(fields.get("prompt"))
+        prompt, revised = self.prompt(fields.get("prompt"))
         mask_bytes = file_part(files, fields, "mask", required=False)
         mask = None if mask_bytes is None else read_png(mask_bytes, "mask")
         check_edit_images(image, mask)
         common = parse_common(fields, self.model_name, text=True)
-        task = EditTask(prompt, image, mask, self.delivery(request, common))
+        task = EditTask(prompt, image, mask, self.delivery(request, common, revised))
         return Job(run=self.worker.edit, payload=task, weight=common.n)
 
     async def variation(self, request: Request) -> Job:
@@ -80,7 +86,8 @@ class JobBuilder:
         fields, files = await read_form(request)
         image_a = read_png(file_part(files, fields, "image_a"), "image_a")
         image_b = read_png(file_part(files, fields, "image_b"), "image_b")
-        common = parse_common(fields, self.model_name, text=True, n_name="frames", max_n=MAX_FRAMES, default_n=8)
+        common = parse_common(fields, self.model_name, text=True, n_name="frames", max_n=MAX_FRAMES, default_n=8,
+                              min_n=2)  # both ends
         task = InterpolateTask(image_a, image_b, self.delivery(request, common))
         return Job(run=self.worker.interpolate, payload=task, weight=common.n)
 
@@ -88,7 +95,7 @@ class JobBuilder:
     async def outpaint(self, request: Request) -> Job:
         fields, files = await read_form(request)
         image = read_png(file_part(files, fields, "image"), "image")
-        prompt = self.prompt(fields.get("prompt"))
+        prompt, revised = self.prompt(fields.get("prompt"))
         expand = parse_int(fields.get("expand"), "expand", 0, 0, MAX_MARGIN, text=True)
         sides = {side: parse_int(fields.get(side), side, expand, 0, MAX_MARGIN, text=True)
                  for side in ("left", "right", "top", "bottom")}
@@ -98,7 +105,7 @@ class JobBuilder:
         margins = Margins(**sides)
         window_side(image.size, margins, min(self.pipeline.sizes, default=1))  # too many windows: 400 on `expand`
         common = parse_common(fields, self.model_name, text=True)
-        task = OutpaintTask(prompt, image, margins, self.delivery(request, common))
+        task = OutpaintTask(prompt, image, margins, self.delivery(request, common, revised))
         return Job(run=self.worker.outpaint, payload=task, weight=common.n)
 
 

@@ -50,12 +50,12 @@ class Common:
 
 
 def parse_common(fields: Mapping[str, Any], served_model: str, *, text: bool, n_name: str = "n",
-                 max_n: int = MAX_N, default_n: int = 1) -> Common:
+                 max_n: int = MAX_N, default_n: int = 1, min_n: int = 1) -> Common:
     """``model``, ``n``, ``size``, ``response_format`` and the GPT-only fields; ``text`` is True for
     multipart bodies, whose values are strings."""
     check_gpt_fields(fields, text)
     return Common(model=parse_model(fields.get("model"), served_model),
-                  n=parse_int(fields.get(n_name), n_name, default_n, 1, max_n, text),
+                  n=parse_int(fields.get(n_name), n_name, default_n, min_n, max_n, text),
                   side=parse_choice(fields.get("size"), "size", SIZES, DEFAULT_SIZE),
                   response_format=parse_choice(fields.get("response_format"), "response_format",
                                                RESPONSE_FORMATS, "url"))
@@ -73,6 +73,11 @@ def parse_prompt(value: Any) -> str:
         raise APIError(f"Invalid 'prompt': string too long. Expected a string with maximum length "
                        f"{MAX_PROMPT_CHARS}, but got a string with length {len(value)} instead.",
                        param="prompt", code="string_above_max_length")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError("Invalid 'prompt': it is not valid Unicode text (it holds a lone surrogate).",
+                       param="prompt", code="invalid_value") from None
     return value
 
 

@@ -16,6 +16,7 @@ from unclip.server.params import MAX_N, MAX_PROMPT_CHARS, RESPONSE_FORMATS, SIZE
 class Image(BaseModel):
     url: str | None = None
     b64_json: str | None = None
+    revised_prompt: str | None = None  # only where the prompt was cut to CLIP's 77 tokens
 
 
 class ImagesResponse(BaseModel):

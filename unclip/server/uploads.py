@@ -62,6 +62,8 @@ async def read_json(request: Request) -> dict[str, Any]:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as err:
         raise APIError(f"The body is not valid JSON: {err}.", code="invalid_json") from None
+    except RecursionError:  # nested deeper than the parser goes
+        raise APIError("The body is not valid JSON: it is nested too deeply.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError("The JSON body must be an object.", code="invalid_json")
     return data

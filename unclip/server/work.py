@@ -35,11 +35,12 @@ class Delivery:
 
     common: Common
     base_url: str  # absolute, ends with "/": the URLs are base_url + "images/<name>"
+    revised_prompt: str | None = None  # the prompt as sampled, where it was cut to CLIP's context
 
 
 @dataclass
 class Result:
-    data: list[dict[str, str]]  # [{"url": ...} | {"b64_json": ...}], one per image
+    data: list[dict[str, str]]  # [{"url": ...} | {"b64_json": ...}] (+ "revised_prompt"), one per image
     source_side: int  # the side the cascade generated before resizing
 
 
@@ -165,6 +166,8 @@ class Worker:
                 data.append({"b64_json": base64.b64encode(png).decode("ascii")})
             else:
                 data.append({"url": f"{delivery.base_url}images/{self.store.save(png)}"})
+            if delivery.revised_prompt is not None:
+                data[-1]["revised_prompt"] = delivery.revised_prompt
         return Result(data=data, source_side=source)
 
 
