@@ -85,6 +85,10 @@ def test_generate_shows_images(page):
     assert widths == [256, 256]
     assert page.locator("#results .card.pending").count() == 0
     assert page.locator("#results a.download").first.get_attribute("download").endswith(".png")
+    # kept in the page as Blobs: Download and Variations outlive the server's stored copy
+    sources = page.eval_on_selector_all("#results img.result", "imgs => imgs.map(i => i.src)")
+    assert all(src.startswith("blob:") for src in sources)
+    assert page.locator("#results a.download").first.get_attribute("href").startswith("blob:")
     assert not page.locator("#error").is_visible()
 
 
@@ -146,3 +150,42 @@ def test_the_servers_refusal_is_shown(page):
     assert "prompt" in page.inner_text("#error")
     assert result_images(page) == 0
     assert page.locator("#results .card").count() == 0  # the placeholders are gone
+
+
+def test_a_prompt_cut_to_clips_tokens_is_shown_as_drawn(page):
+    page.fill("#prompt", "circle " * 120)  # under 1000 characters, over the CLIP's 77 tokens
+    page.fill("#n", "1")
+    page.click("#generate")
+    wait_for_results(page, 1)
+    note = page.inner_text("#results .revised")
+    assert note.startswith("prompt shortened to: circle") and note.count("circle") < 120
+
+
+def _error_json(message: str) -> str:
+    return '{"error": {"message": "%s", "type": "server_error", "param": null, "code": null}}' % message
+
+
+@pytest.mark.parametrize("answer, expected", [
+    (dict(status=500, body=_error_json("The server had an error."), headers={"x-request-id": "abc123"}),
+     "The server had an error. (request id abc123)"),
+    (dict(status=429, body=_error_json("Too many requests; retry after 3 s."), headers={"Retry-After": "3"}),
+     "Too many requests; retry after 3 s."),
+    (dict(status=401, body=_error_json("No key.")), "No key. Enter the server's API key under Settings."),
+    (dict(status=200, body="<html>a proxy page</html>"), "The server's answer was not understood (status 200)."),
+    (None, "Could not reach the server"),
+], ids=["500 with its request id", "429 said once", "401 points to the key", "not JSON", "network failure"])
+def test_failures_are_explained_and_the_button_comes_back(page, answer, expected):
+    held = []
+    page.route("**/v1/images/generations", lambda route: held.append(route))
+    page.fill("#prompt", "a red circle")
+    page.fill("#n", "1")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('generate').disabled")  # no second job by a double click
+    page.wait_for_function("document.querySelectorAll('#results .card.pending').length === 1")
+    assert len(held) == 1
+    held[0].fulfill(**answer) if answer is not None else held[0].abort()
+    page.wait_for_selector("#error.shown", timeout=30_000)
+    assert page.inner_text("#error").startswith(expected)
+    assert page.locator("#results .card").count() == 0
+    assert not page.locator("#generate").is_disabled()
+    assert page.locator("details").evaluate("d => d.open") == (answer is not None and answer["status"] == 401)
