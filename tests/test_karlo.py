@@ -181,3 +181,45 @@ def test_karlo_errors_are_clear(karlo, tmp_path):
     (broken / "decoder" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="resnet_time_scale_shift='default' is not supported"):
         UnCLIPPipeline.from_karlo(broken, clip=clip_cfg)
+
+
+def test_karlo_weight_files_in_other_layouts_and_their_faults(karlo, tmp_path):
+    """fp16 variants and sharded safetensors load (into float32); a pipeline folder of ours, a CLIP
+    named without QuickGELU, a wrong shape and an LFS pointer are named, not tracebacks."""
+    from safetensors.torch import load_file
+
+    root, modules, clip_cfg, _ = karlo
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    decoder = other / "decoder" / "diffusion_pytorch_model.safetensors"
+    half = {k: v.half() for k, v in load_file(str(decoder)).items()}
+    decoder.unlink()
+    save_file(half, str(other / "decoder" / "diffusion_pytorch_model.fp16.safetensors"))
+    first = other / "super_res_first" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(first))
+    first.unlink()
+    keys = sorted(state)
+    shards = {"part-1.safetensors": keys[: len(keys) // 2], "part-2.safetensors": keys[len(keys) // 2:]}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, str(first.parent / name))
+    (first.parent / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: name for name, part in shards.items() for k in part}}))
+    pipe = UnCLIPPipeline.from_karlo(other, clip=clip_cfg)
+    unet = pipe.decoder.unet.state_dict()
+    assert all(unet[k].dtype == torch.float32 and torch.equal(unet[k], half[k].float()) for k in half)
+    assert_same_weights(pipe.upsamplers["upsampler_256"].unet, modules["super_res_first"])
+
+    with pytest.raises(ValueError, match="is a unclip pipeline folder.*from_pretrained"):
+        UnCLIPPipeline.from_karlo(pipe.save_pretrained(tmp_path / "ours"), clip=clip_cfg)
+    with pytest.raises(ValueError, match="'ViT-L-14' builds exact GELU.*'ViT-L-14-quickgelu'"):
+        UnCLIPPipeline.from_karlo(root, clip=replace(clip_cfg, name="ViT-L-14"))
+    proj = other / "text_proj" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(str(proj))
+    key = sorted(weights)[0]
+    weights[key] = torch.zeros(3, 3)
+    save_file(weights, str(proj))
+    with pytest.raises(ValueError, match=rf"text_proj: the weights do not fit .*{key} \(3, 3\) vs"):
+        UnCLIPPipeline.from_karlo(other, clip=clip_cfg)
+    proj.write_text("version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(ValueError, match="Git LFS pointer"):
+        UnCLIPPipeline.from_karlo(other, clip=clip_cfg)

@@ -77,3 +77,9 @@ def test_diffusers_has_no_residual_upsampler(pipe):
     residual = UnCLIPPipeline(pipe.clip, pipe.prior, pipe.decoder, ups, sampling=pipe.sampling)
     with pytest.raises(ValueError, match="upsampler_256 is residual"):
         to_diffusers(residual)
+    decoder = copy.deepcopy(pipe.decoder)
+    for field, message in (("coordinates", "coordinate maps"), ("learned_variance", "learned variance")):
+        decoder.cfg = dataclasses.replace(pipe.decoder.cfg, **{field: field == "coordinates"})
+        changed = UnCLIPPipeline(pipe.clip, pipe.prior, decoder, pipe.upsamplers, sampling=pipe.sampling)
+        with pytest.raises(ValueError, match=message):
+            to_diffusers(changed)

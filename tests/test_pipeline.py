@@ -582,3 +582,24 @@ def test_unets_sample_in_channels_last_on_the_cpu_with_the_same_outputs(tiny_pip
             plain = denoiser(copy.deepcopy(net).to(memory_format=torch.contiguous_format))(x, t)
         assert inputs and inputs[0].is_contiguous(memory_format=torch.channels_last)
         assert (fast - plain).abs().max() < 1e-4 and fast.abs().max() > 1e-1
+
+
+def test_weights_that_do_not_fit_their_config_or_are_no_weights_are_named(tiny_pipeline_dir, tmp_path, capsys):
+    """A config.json edited by hand (or weights from another run) names the folder and the keys;
+    a Git LFS pointer in place of the weights says so; the CLI answers both in one line (exit 2)."""
+    from unclip.checkpoint import WEIGHTS_NAME, load_component
+    from unclip.cli import main
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    config = json.loads((folder / "decoder" / "config.json").read_text())
+    config["config"]["block_out_channels"] = [2 * c for c in config["config"]["block_out_channels"]]
+    (folder / "decoder" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"decoder: the weights do not fit the network its config describes "
+                                         r"\(\d+ of another shape \(file vs config\): "):
+        load_component(folder / "decoder")
+    assert main(["generate", "a red circle", "--checkpoint", str(folder), "--out", str(tmp_path / "o")]) == 2
+    assert "do not fit" in capsys.readouterr().err
+    (folder / "prior" / WEIGHTS_NAME).write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
+    with pytest.raises(ValueError, match="is a Git LFS pointer, not the weights"):
+        load_component(folder / "prior")

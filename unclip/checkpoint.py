@@ -11,6 +11,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -84,17 +85,42 @@ def save_component(module: nn.Module, folder: str | Path, dtype: torch.dtype | N
 
 
 def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: str | Path) -> None:
-    """``load_state_dict``, strict except for the weights a component reads from elsewhere (a LiT
-    CLIP's frozen text encoder)."""
+    """``load_state_dict`` after ``check_fit`` (so a mismatch names the folder and the keys), strict
+    except for the weights a component reads from elsewhere (a LiT CLIP's frozen text encoder)."""
     external = external_keys(module)
-    if not external:
-        module.load_state_dict(weights)
-        return
-    missing, unexpected = module.load_state_dict(weights, strict=False)
-    missing = sorted(set(missing) - external)
-    if missing or unexpected:
-        raise ValueError(f"{where}: the weights do not fit the component: missing {missing[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+    check_fit(module, weights, where, skip=external)
+    module.load_state_dict(weights, strict=not external)
+
+
+def check_fit(module: nn.Module, weights: dict[str, torch.Tensor], where: str | Path,
+              skip: set[str] = frozenset()) -> None:
+    """The weights fit ``module`` key for key and shape for shape (``skip``: keys it reads from
+    elsewhere); else a ValueError naming ``where`` and the first keys that differ (weights from
+    another run, or a config.json edited by hand)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(weights) - set(skip))
+    unexpected = sorted(set(weights) - set(own))
+    wrong = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+             for k in sorted(set(own) & set(weights)) if weights[k].shape != own[k].shape]
+    found = [(label, items) for label, items in (("missing", missing), ("unexpected", unexpected),
+                                                 ("of another shape (file vs config)", wrong)) if items]
+    if found:
+        listed = "; ".join(f"{len(items)} {label}: {', '.join(items[:3])}{', …' if len(items) > 3 else ''}"
+                           for label, items in found)
+        raise ValueError(f"{where}: the weights do not fit the network its config describes ({listed})")
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a file that is not one (a Git LFS pointer left by a clone
+    without LFS, a cut download) is a ValueError naming it."""
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        with open(path, "rb") as handle:
+            pointer = handle.read(64).startswith(b"version https://git-lfs")
+        hint = "it is a Git LFS pointer, not the weights (run `git lfs pull`)" if pointer else str(err)
+        raise ValueError(f"{path} is not a readable safetensors file: {hint}") from None
 
 
 def write_folder(folder: str | Path, state: dict[str, torch.Tensor], config: dict,
@@ -133,7 +159,7 @@ def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     weights = Path(folder) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
-    return load_file(str(weights))
+    return read_safetensors(weights)
 
 
 def load_component(folder: str | Path, device: str | torch.device = "cpu",

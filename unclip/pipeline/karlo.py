@@ -21,11 +21,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from unclip.checkpoint import load_clip
+from unclip.checkpoint import check_fit, load_clip, read_safetensors
 from unclip.config import (
     BetaSchedule,
     ClipConfig,
@@ -46,7 +46,9 @@ from unclip.pipeline.plan import StageSampling, default_sampling
 
 PRIOR, DECODER, FIRST_UPSAMPLER = Stage.prior, Stage.decoder, Stage.upsampler_256
 
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                "model.fp16.safetensors", "diffusion_pytorch_model.bin")
+INDEX_FILES = ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json")  # sharded
 # Karlo's sampling defaults (karlo sampler/template.py, "fast" decoder steps; diffusers' __call__ defaults)
 KARLO_STEPS = {PRIOR: 25, DECODER: 25, "super_res": 7}
 KARLO_GUIDANCE = {PRIOR: 4.0, DECODER: 8.0, "super_res": 1.0}
@@ -71,6 +73,11 @@ def read_karlo(path: str | Path, clip: ClipConfig | None = None) -> PipelinePart
         if not (root / needed / "config.json").is_file():
             raise ValueError(f"missing component: {root} has no {needed}/config.json, so it is not a Karlo "
                              "(diffusers unCLIP) folder")
+    if "component" in _read_config(root / "prior"):
+        raise ValueError(f"{root} is a unclip pipeline folder, not a diffusers one: load it with "
+                         "UnCLIPPipeline.from_pretrained(path)")
+    if clip is not None:
+        check_quick_gelu(clip)
     if clip is None:
         if not (root / "clip" / "config.json").is_file():
             raise ValueError("clip: a Karlo folder carries a transformers text encoder, which unclip does not use; "
@@ -92,23 +99,42 @@ def read_karlo(path: str | Path, clip: ClipConfig | None = None) -> PipelinePart
     return PipelineParts(encoder, prior, decoder, upsamplers, sampling, last_steps)
 
 
+def check_quick_gelu(clip: ClipConfig) -> None:
+    """Karlo was trained on OpenAI's ViT-L/14, whose activation is QuickGELU: open_clip's plain
+    name of an architecture with OpenAI weights builds exact GELU, which loads the same weights
+    without complaint and gives other embeddings (the reference's GELU/QuickGELU trap)."""
+    name = clip.name or ""
+    if name and not name.endswith("-quickgelu") and (name, "openai") in open_clip.list_pretrained():
+        raise ValueError(f"clip.name: {name!r} builds exact GELU, but OpenAI's weights (Karlo's CLIP) were "
+                         f"trained with QuickGELU: name it {name + '-quickgelu'!r}")
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "config.json").read_text())
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """One weights file of a diffusers folder (fp16 variants included), or the shards its index lists."""
     for name in WEIGHT_FILES:
         file = folder / name
+        if file.is_file() and name.endswith(".safetensors"):
+            return read_safetensors(file)
         if file.is_file():
-            return load_file(str(file)) if name.endswith(".safetensors") else torch.load(file, weights_only=True)
-    raise FileNotFoundError(f"no weights in {folder} (looked for {', '.join(WEIGHT_FILES)})")
+            try:
+                return torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as err:  # pickle's and torch's errors have no common base  # noqa: BLE001
+                raise ValueError(f"{file} is not a readable PyTorch weights file: {err}") from None
+    for name in INDEX_FILES:
+        if (folder / name).is_file():
+            shards = sorted(set(json.loads((folder / name).read_text())["weight_map"].values()))
+            return {key: value for shard in shards for key, value in read_safetensors(folder / shard).items()}
+    raise FileNotFoundError(f"no weights in {folder} (looked for {', '.join(WEIGHT_FILES + INDEX_FILES)})")
 
 
 def _load_weights(module: nn.Module, folder: Path) -> None:
-    try:
-        module.load_state_dict(_read_weights(folder))
-    except RuntimeError as err:
-        raise ValueError(f"{folder}: the weights do not fit the configured network: {err}") from None
+    weights = _read_weights(folder)
+    check_fit(module, weights, folder)  # a ValueError naming the keys and shapes that differ
+    module.load_state_dict(weights)
 
 
 def _check_same(ours: dict, theirs: dict, where: Path) -> None:
@@ -269,6 +295,12 @@ def to_diffusers(pipe) -> Any:
     if first.cfg.residual:
         raise ValueError("to_diffusers: diffusers' UnCLIPPipeline diffuses the image itself; this pipeline's "
                          f"{FIRST_UPSAMPLER} is residual (upsampler.residual: true)")
+    if pipe.decoder.cfg.coordinates:
+        raise ValueError("to_diffusers: this decoder reads (x, y) coordinate maps (decoder.coordinates: true), "
+                         "which diffusers' UNet has no input for (it would drop them: another model)")
+    if not pipe.decoder.cfg.learned_variance:
+        raise ValueError("to_diffusers: diffusers' UnCLIPPipeline expects a decoder with learned variance "
+                         "(6 output channels); this one has decoder.learned_variance: false")
     return DiffusersUnCLIP(
         prior=pipe.prior.transformer, decoder=pipe.decoder.unet, text_encoder=hf_text_encoder(pipe.clip),
         tokenizer=hf_tokenizer(pipe.clip), text_proj=diffusers_text_proj(pipe.decoder),
