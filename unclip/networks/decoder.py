@@ -87,6 +87,20 @@ def build_decoder_unet(cfg: DecoderConfig) -> UNet2DConditionModel:
     return unet
 
 
+def check_context_fits(cfg: DecoderConfig, context_length: int) -> None:
+    """diffusers' AddedKV attention pads the mask of the (extra + text) tokens to the image tokens'
+    length only when the two differ, so a level whose side² equals extra + ``context_length``
+    gets an unpadded mask and fails deep in the forward (the reference's gotcha 3): named here."""
+    tokens = context_length + cfg.clip_extra_context_tokens
+    sides = [cfg.sample_size // 2**i for i in range(len(cfg.block_out_channels))]
+    for side in sorted({s for s in sides if s in cfg.attention_resolutions} | {sides[-1]}):  # + the middle
+        if side * side == tokens:
+            raise ValueError(f"decoder: attention at side {side} sees {side * side} image tokens, as many as its "
+                             f"{tokens} context tokens ({context_length} text + {cfg.clip_extra_context_tokens} "
+                             "extra), where diffusers' AddedKV attention leaves the mask unpadded and fails: "
+                             "attend at another side or give the CLIP another context length")
+
+
 class Decoder(nn.Module):
     """x_t (B, 3, S, S) + (z_i, text) → eps and variance interpolation (B, 6, S, S)."""
 

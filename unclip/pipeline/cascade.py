@@ -22,7 +22,7 @@ import unclip.pipeline.manipulate as manipulate
 import unclip.pipeline.outpaint as outpaint
 from unclip.config import SAMPLED_STAGES, UPSAMPLERS, ClipConfig, Stage
 from unclip.networks.clip import ClipEncoder, TextEncoding
-from unclip.networks.decoder import Decoder
+from unclip.networks.decoder import Decoder, check_context_fits
 from unclip.networks.layers import inference_memory_format
 from unclip.networks.prior import Prior
 from unclip.networks.upsampler import Upsampler
@@ -217,3 +217,5 @@ def _check_widths(pipe: UnCLIPPipeline) -> None:
     if pipe.decoder is not None and pipe.decoder.cfg.clip_embeddings_dim != d:
         raise ValueError(f"decoder: clip_embeddings_dim={pipe.decoder.cfg.clip_embeddings_dim} does not fit "
                          f"the CLIP (D={d})")
+    if pipe.decoder is not None:
+        check_context_fits(pipe.decoder.cfg, length)

@@ -14,6 +14,7 @@ from unclip.diffusion.sampling import sample_loop
 from unclip.diffusion.schedule import Sampler, make_scheduler
 from unclip.evaluation.probes import binding_accuracy, binding_probe
 from unclip.networks.build import build_network
+from unclip.networks.decoder import check_context_fits
 from unclip.pipeline.denoisers import decoder_denoiser
 from unclip.training.losses import decoder_loss
 from unclip.training.stages.common import (
@@ -36,6 +37,7 @@ def build(cfg: DecoderStageConfig, ctx: StageContext) -> StageTask:
                          f"decoder.sample_size={cfg.decoder.sample_size}")
     clip = frozen_clip(cfg, ctx.device)
     check_clip_width(clip, cfg.decoder.clip_embeddings_dim, "decoder.clip_embeddings_dim")
+    check_context_fits(cfg.decoder, clip.context_length)
     model = build_network(cfg)
     diffusion = GaussianDiffusion(cfg.diffusion, vlb_weight=cfg.decoder.vlb_weight)
     empty = clip.encode_text([""])  # (1, ·): the dropped caption
