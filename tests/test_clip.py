@@ -68,3 +68,23 @@ def test_open_clip_weights_file_and_component_folder_load(clip, tmp_path):
     again = load_component(tmp_path / "clip")
     assert torch.allclose(again.encode_text(prompts).tokens, clip.encode_text(prompts).tokens, atol=1e-6)
     assert load_clip(ClipConfig(pretrained=str(tmp_path / "clip"))).embed_dim == 32
+
+
+def test_openai_torchscript_files_load_and_other_architectures_are_named(tmp_path):
+    """OpenAI's own ViT-L-14.pt is a TorchScript archive, which open_clip's checkpoint loader
+    refuses; its state dict is read instead. A file of another architecture is a ValueError."""
+    from dataclasses import replace
+
+    from conftest import TINY_CONFIGS
+
+    from unclip.config import load_stage_config
+
+    cfg = load_stage_config(TINY_CONFIGS / "clip.yaml").clip
+    torch.manual_seed(0)
+    original = ClipEncoder(cfg)
+    torch.jit.save(torch.jit.script(original.model), str(tmp_path / "ViT-tiny.pt"))
+    loaded = load_clip(replace(cfg, pretrained=str(tmp_path / "ViT-tiny.pt")))
+    a, b = original.model.state_dict(), loaded.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="not an open_clip checkpoint of this CLIP architecture: .*size mismatch"):
+        load_clip(replace(cfg, text_width=64, pretrained=str(tmp_path / "ViT-tiny.pt")))

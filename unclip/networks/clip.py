@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,35 @@ def load_open_clip_weights(model: nn.Module | None, path: str | Path) -> None:
             "checkpoint file on disk (e.g. open_clip_pytorch_model.bin for ViT-L-14-quickgelu/openai) "
             "and pass its path as clip.pretrained."
         )
-    open_clip.load_checkpoint(model, str(path))
+    if model is None:
+        return
+    try:
+        if is_torchscript(path):  # OpenAI's own ViT-L-14.pt: a TorchScript archive, not a state dict
+            model.load_state_dict(openai_jit_state(path, model))
+        else:
+            open_clip.load_checkpoint(model, str(path))
+    except RuntimeError as err:  # load_state_dict's key and shape mismatches
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:]) or str(err)
+        raise ValueError(f"{path}: not an open_clip checkpoint of this CLIP architecture: {detail[:300]}") from None
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (torch.jit.save), such as the ``clip`` package's ViT-L-14.pt."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def openai_jit_state(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict inside a TorchScript CLIP, as open_clip names it (the same keys, less the three
+    scalars OpenAI's file keeps beside the weights and the causal mask)."""
+    state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):  # attn_mask: a scripted buffer
+        state.pop(key, None)
+    if "logit_scale" in state:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    return state
 
 
 class ClipEncoder(nn.Module):
