@@ -77,10 +77,21 @@ def trainer(model: torch.nn.Module, loss_fn, precision: str, device: torch.devic
 
 
 def step_flops(step) -> int:
-    """FLOPs of one call of ``step``, as ``FlopCounterMode`` counts them."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one call of ``step``, as ``FlopCounterMode`` counts them, with the CPU's fused
+    attention kernels counted as torch counts its CUDA ones (it has no formula for the CPU's, so
+    attention through ``scaled_dot_product_attention`` counted zero there, while a peer that
+    attends with einsum was counted in full)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-    with FlopCounterMode(display=False) as counter:
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    cpu = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: forward,
+           torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+    with FlopCounterMode(display=False, custom_mapping=cpu) as counter:
         step()
     return counter.get_total_flops()
 

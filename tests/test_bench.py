@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,8 @@ def test_the_sampling_bench_compares_like_for_like_on_tiny_weights():
     (diffusers,) = [r for r in report["rows"] if r["label"].startswith("diffusers")]
     assert same["batch"] == 1 and same["seconds"] > 0 and diffusers["ratio"] is None
     assert abs(same["ratio"] - same["seconds"] / diffusers["seconds"]) < 1e-9
+    larger = [r for r in report["rows"] if r["label"].endswith("→ 128")]  # the tiny cascade's last side
+    assert larger and all(r["ratio"] is None for r in larger)  # other work than diffusers' → 64: no ratio
     profiled = {p["label"]: p for p in report["profile"]}
     assert set(profiled) == {same["label"], diffusers["label"]}
     for split in profiled.values():  # both UNets are convolutional: their convolutions take time
@@ -241,3 +245,22 @@ def test_the_prior_cache_bench_times_both_ways_and_they_agree(tiny_pipeline_dir,
     assert counts["full"] > 0 and counts["cached"] > 0  # "off" ran the full forward, "on" the cached steps
     difference = float(next(line for line in out if "largest difference" in line).split()[-1])
     assert difference < 1e-4  # fp32: the two ways sample the same embeddings
+
+
+def test_the_peer_bench_counts_the_cpus_fused_attention_like_torch_counts_cudas(monkeypatch):
+    """FlopCounterMode has no formula for the CPU's flash-attention kernels: unclip's attention
+    (scaled_dot_product_attention) counted zero FLOPs there while a peer's einsum attention counted
+    in full, which skewed the MFU comparison."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from train_peers import step_flops
+
+    shape = (2, 4, 64, 16)
+    q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
+
+    def attend():
+        torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
+
+    expected = sdpa_flop_count(shape, shape, shape) + sdpa_backward_flop_count(shape, shape, shape, shape)
+    assert step_flops(attend) == expected > 0
