@@ -144,8 +144,12 @@ def test_hybrid_loss_trains_variance_only_through_vlb():
     assert set(losses) == {"loss", "mse", "vlb"}
     grad_vlb = torch.autograd.grad(losses["vlb"], out, retain_graph=True)[0]
     assert grad_vlb[:, :3].abs().sum() == 0 and grad_vlb[:, 3:].abs().sum() > 0
-    grad_mse = torch.autograd.grad(losses["mse"], out)[0]
+    grad_mse = torch.autograd.grad(losses["mse"], out, retain_graph=True)[0]
     assert grad_mse[:, 3:].abs().sum() == 0
+    # the loss the optimiser sees is improved-DDPM's hybrid: mse + λ·T·vlb (mean over the batch)
+    torch.testing.assert_close(losses["loss"], losses["mse"] + 0.001 * d.num_timesteps * losses["vlb"])
+    grad_loss = torch.autograd.grad(losses["loss"], out)[0]
+    assert grad_loss[:, 3:].abs().sum() > 0  # the variance channels are trained through it
 
 
 def test_x0_prediction_targets_x0():

@@ -83,6 +83,8 @@ def test_default_size_is_the_largest_up_to_256(tiny_pipeline):
 def test_other_samplers_run(tiny_pipeline, sampler):
     images = tiny_pipeline.generate("a red circle", size=64, steps=FAST, sampler=sampler, seed=0, progress=False)
     assert images[0].size == (64, 64)
+    default = tiny_pipeline.generate("a red circle", size=64, steps=FAST, seed=0, progress=False)
+    assert np.abs(np.asarray(images[0], float) - np.asarray(default[0], float)).mean() > 0.5  # the sampler was used
 
 
 def test_prior_keeps_the_candidate_closest_to_the_text(tiny_pipeline):
@@ -270,7 +272,7 @@ def test_from_pretrained_explains_bad_folders(tiny_pipeline_dir, tmp_path):
     shutil.copytree(tiny_pipeline_dir / "upsampler_256", tmp_path / "prior")
     with pytest.raises(ValueError, match="holds a upsampler, expected a prior"):
         UnCLIPPipeline.from_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="pipeline folder not found: .*nowhere"):
         UnCLIPPipeline.from_pretrained(tmp_path / "nowhere")
 
 

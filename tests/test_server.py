@@ -89,12 +89,17 @@ def test_generate_url_serves_the_file_again_later(client):
         assert missing.status_code == 404 and missing.json()["error"]["message"]
 
 
-def test_image_files_expire(tmp_path):
-    store = ImageStore(tmp_path, ttl_s=0.5)
+def test_image_files_expire(tmp_path, monkeypatch):
+    import unclip.server.files as files
+
+    store = ImageStore(tmp_path, ttl_s=60)
     name = store.save(b"\x89PNG fake")
     assert store.path(name) == tmp_path / name
     assert store.path("../" + name) is None
-    time.sleep(0.7)
+    now = time.time()
+    monkeypatch.setattr(files.time, "time", lambda: now + 59)  # the store's clock, not the wall's
+    assert store.path(name) == tmp_path / name and store.sweep() == 0
+    monkeypatch.setattr(files.time, "time", lambda: now + 61)
     assert store.path(name) is None  # expired: answered 404 even before the sweep
     assert store.sweep() == 1 and not (tmp_path / name).exists()
 
@@ -522,7 +527,7 @@ def test_burst_beyond_the_queue_gets_429_and_every_accepted_request_finishes(gat
         assert gate.entered.wait(30)  # request 0 runs (held at the gate)
         rest = [pool.submit(post, i) for i in range(1, 8)]
         wait_until(lambda: sum(f.done() for f in rest) >= 5)  # 2 more fit; 5 are refused at once
-        time.sleep(0.3)  # let the 2 accepted ones reach the queue
+        wait_until(lambda: len(queue._pending) == 2)  # the 2 accepted ones wait in the queue (not a timed guess)
         refused = [f.result() for f in rest if f.done()]
         gate.opened.set()
         responses = [first.result()] + [f.result() for f in rest]

@@ -47,7 +47,7 @@ def test_parse_caption_round_trips_and_matches_ground_truth():
                 scene.objects[0].size,
                 scene.objects[0].position,
             )
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a shapes caption"):
         parse_caption("a red circle, large, top left, white background")
 
 

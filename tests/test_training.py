@@ -103,8 +103,10 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
 
 
 def test_gradient_accumulation_equals_one_large_batch(tmp_path):
-    run_toy(toy_config(batch_size=4, grad_accum=2, grad_clip=0.0), tmp_path / "accum")
-    run_toy(toy_config(batch_size=8, grad_accum=1, grad_clip=0.0), tmp_path / "large")
+    """AdamW's update hardly depends on the gradient's scale, so a large eps makes it: micro-batch
+    gradients summed instead of averaged then move the weights by ~3e-2, not ~3e-8 (checked)."""
+    run_toy(toy_config(batch_size=4, grad_accum=2, grad_clip=0.0, adam_eps=10.0), tmp_path / "accum")
+    run_toy(toy_config(batch_size=8, grad_accum=1, grad_clip=0.0, adam_eps=10.0), tmp_path / "large")
     a = load_file(str(tmp_path / "accum/checkpoints/step_000004/model.safetensors"))
     b = load_file(str(tmp_path / "large/checkpoints/step_000004/model.safetensors"))
     for key in a:
