@@ -63,9 +63,14 @@ class TextProj(nn.Module):
         return torch.cat([extra, text], dim=1), time_add
 
 
+def level_sides(cfg: DecoderConfig) -> list[int]:
+    """The image side at each level of the UNet, the sample size first (the middle block: the last)."""
+    return [cfg.sample_size // 2**i for i in range(len(cfg.block_out_channels))]
+
+
 def build_decoder_unet(cfg: DecoderConfig) -> UNet2DConditionModel:
     """A GLIDE/ADM-style UNet; attention (AddedKV) at the sides in ``cfg.attention_resolutions``."""
-    sides = [cfg.sample_size // 2**i for i in range(len(cfg.block_out_channels))]
+    sides = level_sides(cfg)
     attends = [side in cfg.attention_resolutions for side in sides]
     mid = (cfg.block_out_channels[-1], True)  # the middle block always attends
     for ch, a in [*zip(cfg.block_out_channels, attends), mid]:
@@ -92,7 +97,7 @@ def check_context_fits(cfg: DecoderConfig, context_length: int) -> None:
     length only when the two differ, so a level whose side² equals extra + ``context_length``
     gets an unpadded mask and fails deep in the forward (the reference's gotcha 3): named here."""
     tokens = context_length + cfg.clip_extra_context_tokens
-    sides = [cfg.sample_size // 2**i for i in range(len(cfg.block_out_channels))]
+    sides = level_sides(cfg)
     for side in sorted({s for s in sides if s in cfg.attention_resolutions} | {sides[-1]}):  # + the middle
         if side * side == tokens:
             raise ValueError(f"decoder: attention at side {side} sees {side * side} image tokens, as many as its "

@@ -214,8 +214,8 @@ def _check_widths(pipe: UnCLIPPipeline) -> None:
     if pipe.prior is not None and (pipe.prior.cfg.embedding_dim, pipe.prior.cfg.num_embeddings) != (d, length):
         raise ValueError(f"prior: embedding_dim={pipe.prior.cfg.embedding_dim}, num_embeddings="
                          f"{pipe.prior.cfg.num_embeddings} do not fit the CLIP (D={d}, context {length})")
-    if pipe.decoder is not None and pipe.decoder.cfg.clip_embeddings_dim != d:
-        raise ValueError(f"decoder: clip_embeddings_dim={pipe.decoder.cfg.clip_embeddings_dim} does not fit "
-                         f"the CLIP (D={d})")
     if pipe.decoder is not None:
+        if pipe.decoder.cfg.clip_embeddings_dim != d:
+            raise ValueError(f"decoder: clip_embeddings_dim={pipe.decoder.cfg.clip_embeddings_dim} does not fit "
+                             f"the CLIP (D={d})")
         check_context_fits(pipe.decoder.cfg, length)

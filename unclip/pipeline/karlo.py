@@ -117,13 +117,14 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """One weights file of a diffusers folder (fp16 variants included), or the shards its index lists."""
     for name in WEIGHT_FILES:
         file = folder / name
-        if file.is_file() and name.endswith(".safetensors"):
+        if not file.is_file():
+            continue
+        if name.endswith(".safetensors"):
             return read_safetensors(file)
-        if file.is_file():
-            try:
-                return torch.load(file, map_location="cpu", weights_only=True)
-            except Exception as err:  # pickle's and torch's errors have no common base  # noqa: BLE001
-                raise ValueError(f"{file} is not a readable PyTorch weights file: {err}") from None
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle's and torch's errors have no common base  # noqa: BLE001
+            raise ValueError(f"{file} is not a readable PyTorch weights file: {err}") from None
     for name in INDEX_FILES:
         if (folder / name).is_file():
             shards = sorted(set(json.loads((folder / name).read_text())["weight_map"].values()))

@@ -11,7 +11,7 @@ import logging
 from fastapi import Request
 
 from unclip.pipeline import UnCLIPPipeline
-from unclip.pipeline.inputs import check_prompts, fit_prompt
+from unclip.pipeline.inputs import fit_prompt
 from unclip.pipeline.inpaint import keep_mask
 from unclip.pipeline.outpaint import Margins, window_side
 from unclip.safety import ContentPolicyViolation, PromptFilter, check_prompt
@@ -54,8 +54,8 @@ class JobBuilder:
         except ContentPolicyViolation as err:
             log.info("refused a prompt: %s", err)  # the client is not told which entry matched
             raise APIError(SAFETY_MESSAGE, code="content_policy_violation") from None
-        fitted = fit_prompt(self.pipeline.clip, prompt)
-        return check_prompts(self.pipeline.clip, fitted)[0], (fitted if fitted != prompt else None)
+        fitted = fit_prompt(self.pipeline.clip, prompt)  # parse_prompt checked type and emptiness
+        return fitted, (fitted if fitted != prompt else None)
 
     async def generation(self, request: Request) -> Job:
         fields = await read_json(request)
